@@ -1,0 +1,62 @@
+"""Answers what modelmux serves itself, without any upstream connection:
+
+- `GET /v1/models`: the mapped names and the Claude models they reach, from the config;
+- `GET /v1/models/{id}`: that model if a chat request for it would be served, else 404 `model_not_found`;
+- any path of ours other than `POST /v1/chat/completions`: an OpenAI-shaped 404 (or 405 for a wrong method
+  on the chat path). It is never forwarded to OpenAI: the app's key must not leave the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import unquote
+
+from mitmproxy import http
+
+from ..translate.errors import OpenAIError, model_not_found, not_found_path
+from .runtime import Runtime
+from .scope import CHAT_PATH, is_ours, route_path
+
+_STARTED = int(time.time())
+
+
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> http.Response:
+    return http.Response.make(status, json.dumps(body).encode(), {"content-type": "application/json", **(headers or {})})
+
+
+def error_response(err: OpenAIError) -> http.Response:
+    return json_response(err.status, err.body(), err.headers)
+
+
+def _model_object(name: str) -> dict:
+    return {"id": name, "object": "model", "created": _STARTED,
+            "owned_by": "anthropic" if name.startswith("claude-") else "modelmux"}
+
+
+class LocalEndpoints:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        snap = self.runtime.current
+        if flow.response or snap is None or not is_ours(flow, snap.intercept_hosts):
+            return
+        path = route_path(flow)
+        method = flow.request.method
+        if path == CHAT_PATH:
+            if method != "POST":
+                flow.response = error_response(OpenAIError(405, f"Use POST for {path}.", "invalid_request_error",
+                                                           None, "method_not_allowed"))
+            return
+        if method == "GET" and path == "/v1/models":
+            body = {"object": "list", "data": [_model_object(m) for m in snap.router.listed_models()]}
+            flow.response = json_response(200, body)
+        elif method == "GET" and path.startswith("/v1/models/"):
+            name = unquote(path[len("/v1/models/"):])
+            if snap.router.routable(name):
+                flow.response = json_response(200, _model_object(name))
+            else:
+                flow.response = error_response(model_not_found(name))
+        else:
+            flow.response = error_response(not_found_path(method, flow.request.path.split("?", 1)[0]))

@@ -1,0 +1,32 @@
+"""What the modelmux addons share: the loaded config and the objects built from it.
+
+One `Runtime` is created by the entry point and handed to each addon; `ConfigLoader` fills it in `configure`.
+A new config replaces the whole snapshot at once, so a request never sees half of an old and half of a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..auth import TokenProvider
+from ..config import Config
+from ..vertex import Router
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: Config
+    router: Router
+    tokens: TokenProvider
+    intercept_hosts: frozenset[str]
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.current: Snapshot | None = None
+
+    def install(self, config: Config, tokens: TokenProvider | None = None) -> Snapshot:
+        snap = Snapshot(config=config, router=Router(config), tokens=tokens or TokenProvider(config.auth),
+                        intercept_hosts=frozenset(config.intercept.hosts))
+        self.current = snap
+        return snap

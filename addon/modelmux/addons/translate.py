@@ -1,0 +1,162 @@
+"""Rewrites `POST /v1/chat/completions` into a Vertex AI Claude call and its answer back into OpenAI's format.
+
+Cases:
+- request: parse and validate (bad input → OpenAI 400 answered locally, nothing sent upstream); route the
+  model (unknown with no default → 404); get a Google token (failure → 500 naming the credential source);
+  redirect the flow to `:rawPredict` / `:streamRawPredict` with a fresh header set — the client's OpenAI key,
+  `openai-*` / `x-stainless-*` headers and cookies never reach Vertex.
+- responseheaders, 2xx `text/event-stream`: stream through a StreamTranslator, one upstream event → one
+  chunk, forwarded as it arrives.
+- response, buffered: a 2xx JSON message → chat.completion; any non-2xx → the OpenAI error of the same
+  meaning, with `retry-after` for 429s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from mitmproxy import http
+
+from ..auth import AuthError
+from ..translate.errors import OpenAIError, from_upstream, model_not_found
+from ..translate.request import parse_request, to_vertex_body
+from ..translate.response import to_openai_response
+from ..translate.stream import StreamTranslator
+from ..vertex import UnknownModel
+from .local_endpoints import error_response, json_response
+from .runtime import Runtime
+from .scope import CHAT_PATH, is_ours, route_path
+
+log = logging.getLogger("modelmux")
+
+META = "modelmux"
+USER_AGENT = "modelmux/0.1"
+
+
+def exchange(flow: http.HTTPFlow) -> dict[str, Any] | None:
+    """modelmux's record of a translated flow (plain data: mitmproxy may serialise flow metadata)."""
+    return flow.metadata.get(META)
+
+
+class Translate:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        snap = self.runtime.current
+        if flow.response or snap is None or flow.request.method != "POST":
+            return
+        if not is_ours(flow, snap.intercept_hosts) or route_path(flow) != CHAT_PATH:
+            return
+        received = time.time()
+        try:
+            req = parse_request(flow.request.get_content(strict=False) or b"")
+            try:
+                route = snap.router.route(req.model)
+            except UnknownModel:
+                raise model_not_found(req.model) from None
+            vreq = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version)
+        except OpenAIError as err:
+            flow.response = error_response(err)
+            return
+        try:
+            token = await snap.tokens.token()
+        except AuthError as err:
+            log.error("modelmux: %s", err)
+            flow.response = error_response(OpenAIError(500, f"modelmux could not authenticate to Vertex AI: {err}",
+                                                       "server_error", None, "upstream_auth_failed"))
+            return
+
+        flow.metadata[META] = {
+            "requested_model": req.model,
+            "vertex_model": route.vertex_model,
+            "region": snap.config.vertex.region,
+            "stream": vreq.stream,
+            "include_usage": vreq.include_usage,
+            "created": int(received),
+            "fallback_id": secrets.token_hex(12),
+            "received": received,
+        }
+        flow.request.url = snap.router.url(route, stream=vreq.stream)
+        host = flow.request.headers.get("host")
+        flow.request.headers.clear()
+        if host:
+            flow.request.headers["host"] = host
+        flow.request.headers["content-type"] = "application/json"
+        flow.request.headers["accept"] = "text/event-stream" if vreq.stream else "application/json"
+        # identity: a streamed body must reach the translator as plain bytes, not gzip
+        flow.request.headers["accept-encoding"] = "identity"
+        flow.request.headers["authorization"] = f"Bearer {token}"
+        flow.request.headers["user-agent"] = USER_AGENT
+        flow.request.content = json.dumps(vreq.body).encode()
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        ex = exchange(flow)
+        if ex is None or flow.response is None:
+            return
+        ex["upstream_headers"] = time.time()
+        resp = flow.response
+        is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+        if not (ex["stream"] and 200 <= resp.status_code < 300 and is_sse):
+            return  # buffered: translated in `response`
+        translator = StreamTranslator(model=ex["requested_model"], created=ex["created"],
+                                      include_usage=ex["include_usage"], fallback_id=ex["fallback_id"])
+        resp.headers.clear()
+        resp.headers["content-type"] = "text/event-stream; charset=utf-8"
+        resp.headers["cache-control"] = "no-cache"
+        if resp.http_version.startswith("HTTP/1"):
+            # the upstream's length (if any) is not ours: chunked framing, or HTTP/1 clients hang
+            resp.headers["transfer-encoding"] = "chunked"
+        resp.stream = _stream_callable(translator, ex)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        ex = exchange(flow)
+        if ex is None or flow.response is None or flow.response.stream:
+            return
+        resp = flow.response
+        content = resp.get_content(strict=False) or b""
+        if 200 <= resp.status_code < 300:
+            try:
+                msg = json.loads(content)
+                if ex["stream"] or not isinstance(msg, dict) or msg.get("type") != "message":
+                    raise ValueError("not an Anthropic message")
+            except ValueError:
+                flow.response = error_response(OpenAIError(
+                    502, f"Vertex AI answered {resp.status_code} with an unexpected body "
+                         f"({resp.headers.get('content-type', 'no content-type')}).", "server_error", None,
+                    "bad_upstream_response"))
+            else:
+                body = to_openai_response(msg, model=ex["requested_model"], created=ex["created"],
+                                          fallback_id=ex["fallback_id"])
+                flow.response = json_response(200, body)
+        else:
+            err = from_upstream(resp.status_code, resp.raw_content or b"", dict(resp.headers),
+                                model=ex["vertex_model"], region=ex["region"])
+            log.warning("modelmux: Vertex AI answered %d for %s: %s", resp.status_code, ex["vertex_model"],
+                        err.message)
+            flow.response = error_response(err)
+        ex["done"] = time.time()
+
+
+def _stream_callable(translator: StreamTranslator, ex: dict[str, Any]):
+    """mitmproxy calls this per socket read, then once with b"" at the end. It must never raise (mitmproxy
+    would drop that chunk silently) and never return b"" mid-stream (HTTP/1 would end the body)."""
+
+    def stream(data: bytes) -> list[bytes]:
+        try:
+            out = translator.feed(data) if data else translator.finish()
+        except Exception as err:  # a translator bug must surface as an error chunk, not silent loss
+            log.exception("modelmux: stream translation failed")
+            out = translator.fail(OpenAIError(500, f"modelmux failed to translate the stream: {type(err).__name__}",
+                                              "server_error", None, "translation_failed"))
+        if out and "first_chunk" not in ex:
+            ex["first_chunk"] = time.time()
+        if not data:
+            ex["done"] = time.time()
+        return [out] if out else []
+
+    return stream

@@ -1,0 +1,156 @@
+"""`modelmux` command line: run | validate | emulator | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default: the CA users already trust is reused
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the proxy (mitmproxy with the modelmux addon)",
+                       description="Run modelmux: an HTTP(S) proxy that answers OpenAI chat completions with "
+                                   "Claude on Vertex AI. Only the intercepted hosts are decrypted; all other "
+                                   "HTTPS is tunnelled untouched.")
+    p.add_argument("--config", "-c", required=True, help="configuration file (YAML)")
+    p.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default: 8080; 0 = any free)")
+    p.add_argument("--confdir", default=DEFAULT_CONFDIR,
+                   help=f"mitmproxy configuration dir holding the CA (default: {DEFAULT_CONFDIR})")
+    p.add_argument("--mode", action="append", default=None, metavar="MODE",
+                   help="mitmproxy proxy mode, repeatable: regular (default), reverse:https://api.openai.com, "
+                        "regular@8080, reverse:https://api.openai.com@8081, …")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="any other mitmproxy option, repeatable (e.g. --set termlog_verbosity=debug)")
+
+
+def _allow_hosts(intercept_hosts: tuple[str, ...], modes: list[str]) -> list[str]:
+    """allow_hosts patterns: decrypt the intercepted hosts (and reverse-mode targets), tunnel the rest."""
+    from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+
+    hosts = list(intercept_hosts)
+    for spec in modes:
+        mode = ProxyMode.parse(spec)
+        if isinstance(mode, ReverseMode):
+            hosts.append(mode.address[0])
+    return [rf"^{re.escape(h)}(:\d+)?$" for h in dict.fromkeys(hosts)]
+
+
+async def _run_proxy(args: argparse.Namespace) -> int:
+    from mitmproxy import exceptions, options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from .addons import make_addons
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(f"modelmux: {err}", file=sys.stderr)
+        return 2
+    modes = args.mode or ["regular"]
+    opts = options.Options(
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
+        confdir=os.path.expanduser(args.confdir),
+        mode=modes,
+        connection_strategy="lazy",
+        allow_hosts=_allow_hosts(config.intercept.hosts, modes),
+    )
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master.addons.add(*make_addons())
+    try:
+        opts.update(modelmux_config=str(Path(args.config).resolve()))
+        for item in args.set:
+            name, _, value = item.partition("=")
+            opts.set(f"{name}={value}")
+    except exceptions.OptionsError as err:
+        print(f"modelmux: {err}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    await master.run()
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_proxy(args))
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .vertex import Router
+
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as err:
+        print(f"invalid: {err}", file=sys.stderr)
+        return 1
+    router = Router(config)
+    v = config.vertex
+    print(f"valid: {args.config_file}")
+    print(f"  vertex: project {v.project}, region {v.region}"
+          + (f", base_url {v.base_url}" if v.base_url else "") + f", anthropic_version {v.anthropic_version}")
+    source = ("static access token" if config.auth.access_token
+              else config.auth.credentials_file or "Application Default Credentials")
+    print(f"  auth: {source}")
+    for name in config.models.map:
+        route = router.route(name)
+        print(f"  model {name} → {route.vertex_model}  ({router.url(route, stream=False)})")
+    print(f"  other models → {config.models.default or '404 model_not_found'}")
+    print(f"  intercepted hosts: {', '.join(config.intercept.hosts)}")
+    return 0
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from . import emulator
+
+    return emulator.run(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(pace_ms=args.pace_ms)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelmux",
+        description="Run unmodified OpenAI-API apps on Claude served by Google Vertex AI (a mitmproxy addon).")
+    parser.add_argument("--version", action="version", version=f"modelmux {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    p = sub.add_parser("validate", help="check a configuration file and show what it routes where")
+    p.add_argument("config_file", help="configuration file (YAML)")
+    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
+                       description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
+                                   "endpoint, for testing apps offline.")
+    from . import emulator
+
+    emulator.add_arguments(p)
+    p = sub.add_parser("demo", help="run the emulator and the proxy, send requests with the openai SDK, show the "
+                                    "translation (no credentials needed)")
+    p.add_argument("--pace-ms", type=float, default=60.0, help="emulator delay between streamed events (ms)")
+    return parser
+
+
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "emulator": _cmd_emulator, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""modelmux configuration: YAML, `${VAR}` / `${VAR:-default}` expansion, validated by pydantic.
+
+The key names are a contract (users' files and other tools depend on them): `vertex`, `auth`, `models`,
+`intercept` and the fields below. An unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ANTHROPIC_VERSIONS = ("vertex-2023-10-16", "2026-10-21")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VertexConfig(_Strict):
+    project: str
+    region: str = "us-east5"
+    base_url: str | None = None
+    anthropic_version: str = "vertex-2023-10-16"
+
+    @field_validator("project", "region")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must be scheme://host[:port], e.g. https://my-psc-endpoint.p.googleapis.com")
+        return value.rstrip("/")
+
+    @field_validator("anthropic_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value not in ANTHROPIC_VERSIONS:
+            raise ValueError(f"must be one of {', '.join(ANTHROPIC_VERSIONS)}")
+        return value
+
+
+class AuthConfig(_Strict):
+    credentials_file: str | None = None
+    access_token: str | None = Field(default=None, repr=False)
+
+
+class ModelsConfig(_Strict):
+    default: str | None = "claude-sonnet-4-5@20250929"
+    map: dict[str, str] = Field(default_factory=dict)
+
+
+class InterceptConfig(_Strict):
+    hosts: tuple[str, ...] = ("api.openai.com",)
+
+    @field_validator("hosts")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in value if h.strip())
+
+
+class Config(_Strict):
+    vertex: VertexConfig
+    auth: AuthConfig = AuthConfig()
+    models: ModelsConfig = ModelsConfig()
+    intercept: InterceptConfig = InterceptConfig()
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def expand_env(value: Any, environ: dict[str, str] | os._Environ | None = None) -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a parsed YAML tree.
+
+    `${VAR}` with VAR unset is an error rather than an empty string: a silently empty project id or
+    key path produces confusing failures far away.
+    """
+    env = os.environ if environ is None else environ
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env and (env[name] != "" or default is None):
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env) for v in value]
+    return value
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, environ: dict[str, str] | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of keys (vertex, auth, models, intercept)")
+    try:
+        return Config.model_validate(expand_env(data, environ))
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        config = parse_config(data, environ)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    # A relative credentials path means relative to the config file, not to wherever the proxy was started.
+    cred = config.auth.credentials_file
+    if cred and not Path(cred).expanduser().is_absolute():
+        resolved = str((path.parent / cred).resolve())
+        config = config.model_copy(update={"auth": config.auth.model_copy(update={"credentials_file": resolved})})
+    return config
