@@ -2,7 +2,10 @@
 
 Cases:
 - `--set modelmux_config=FILE` (or env MODELMUX_CONFIG when the option is empty): loaded and validated at
-  start-up; an invalid file is an OptionsError naming the key, so mitmproxy refuses to start with it.
+  start-up; an invalid file is an OptionsError naming the key, so mitmproxy refuses it (and keeps the
+  previous configuration when it was a change).
+- no configuration at all: an error is logged and modelmux stays inactive (mitmproxy passes every flow
+  through untouched), as mitmproxy's own addons do when their option is unset.
 - `connection_strategy` is forced to `lazy`: with `eager` mitmproxy connects to api.openai.com at CONNECT time,
   before the request hook can redirect the flow (offline every request fails; online it wastes a connection).
 """
@@ -29,13 +32,14 @@ class ConfigLoader:
                           "modelmux configuration file (YAML); empty: the MODELMUX_CONFIG environment variable.")
 
     def configure(self, updated):
-        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+        if "connection_strategy" in ctx.options.keys() and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
         if "modelmux_config" in updated:
             path = ctx.options.modelmux_config or os.environ.get("MODELMUX_CONFIG", "")
             if not path:
-                raise exceptions.OptionsError(
-                    "modelmux needs a configuration: --set modelmux_config=FILE (or MODELMUX_CONFIG=FILE)")
+                self.runtime.current = None
+                log.error("modelmux is inactive: no configuration (--set modelmux_config=FILE or MODELMUX_CONFIG)")
+                return
             try:
                 config = load_config(path)
             except ConfigError as err:

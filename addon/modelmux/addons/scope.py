@@ -27,7 +27,7 @@ def is_ours(flow: http.HTTPFlow, hosts: frozenset[str]) -> bool:
 
 def _sent_to_listener(flow: http.HTTPFlow, host: str) -> bool:
     sock = flow.client_conn.sockname
-    if not sock or flow.client_conn.tls_established:
+    if not sock or flow.client_conn.tls:
         return False
     return flow.request.port == sock[1] and (host == str(sock[0]).lower() or host in _LOOPBACK_NAMES)
 

@@ -1,0 +1,191 @@
+"""The addon's hooks, driven with mitmproxy's own test helpers (taddons / tflow)."""
+
+import json
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
+from openapi import validate_completion, validate_error, validate_openai_sse
+
+from modelmux.addons import Runtime, Translate, make_addons
+
+CONFIG = """
+vertex: {project: proj, region: us-east5, base_url: "http://127.0.0.1:9"}
+auth: {access_token: static-test-token}
+models:
+  default: null
+  map: {gpt-4o: claude-sonnet-4-5@20250929, gpt-4o-mini: claude-haiku-4-5@20251001}
+"""
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def chain(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    runtime = Runtime()
+    addons = make_addons(runtime)
+    with taddons.context(Proxyserver(), *addons) as tctx:
+        tctx.configure(addons[0], modelmux_config=str(path))
+        yield tctx, addons
+
+
+def make_flow(path="/v1/chat/completions", method="POST", body=CHAT, host="api.openai.com", port=443,
+              scheme="https", mode="regular", sockname=("127.0.0.1", 8080)):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    f = tflow.tflow(req=tutils.treq(method=method.encode(), host=host, port=port, scheme=scheme.encode(),
+                                    path=path.encode(), content=content,
+                                    headers=((b"authorization", b"Bearer sk-client-secret"),
+                                             (b"openai-organization", b"org-1"), (b"x-stainless-os", b"Linux"),
+                                             (b"content-type", b"application/json"))))
+    f.client_conn.proxy_mode = ProxyMode.parse(mode)
+    f.client_conn.sockname = sockname
+    return f
+
+
+async def run_request(addons, flow):
+    for a in addons:
+        if hasattr(a, "request"):
+            await a.request(flow) if a.__class__ is Translate else a.request(flow)
+
+
+def anthropic_message(text="Hello"):
+    return {"id": "msg_vrtx_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 1}}
+
+
+async def test_request_is_rewritten_to_vertex(chain):
+    tctx, addons = chain
+    assert tctx.options.connection_strategy == "lazy"
+    f = make_flow()
+    await run_request(addons, f)
+    assert f.response is None
+    assert f.request.url == ("http://127.0.0.1:9/v1/projects/proj/locations/us-east5/publishers/anthropic/models/"
+                             "claude-sonnet-4-5@20250929:rawPredict")
+    headers = {k.lower(): v for k, v in f.request.headers.items()}
+    assert headers["authorization"] == "Bearer static-test-token"
+    assert not any(k.startswith(("openai-", "x-stainless")) for k in headers)
+    assert "sk-client-secret" not in json.dumps(headers)
+    body = json.loads(f.request.content)
+    assert "model" not in body and body["system"] == [{"type": "text", "text": "sys"}]
+
+    f.response = tutils.tresp(status_code=200, content=json.dumps(anthropic_message()).encode(),
+                              headers=((b"content-type", b"application/json"),))
+    addons[2].responseheaders(f)
+    addons[2].response(f)
+    out = json.loads(f.response.content)
+    validate_completion(out)
+    assert out["model"] == "gpt-4o" and out["choices"][0]["message"]["content"] == "Hello"
+
+
+async def test_streamed_answer_is_translated_by_the_stream_callable(chain):
+    _, addons = chain
+    f = make_flow(body={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    await run_request(addons, f)
+    assert f.request.url.endswith(":streamRawPredict") and json.loads(f.request.content)["stream"] is True
+    assert f.request.headers["accept-encoding"] == "identity"
+    f.response = tutils.tresp(status_code=200, content=None,
+                              headers=((b"content-type", b"text/event-stream"), (b"content-length", b"999")))
+    addons[2].responseheaders(f)
+    assert callable(f.response.stream) and "content-length" not in f.response.headers
+    assert f.response.headers["transfer-encoding"] == "chunked"
+    events = [{"type": "message_start", "message": {"id": "msg_vrtx_9", "usage": {"input_tokens": 2}}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "é"}},
+              {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}},
+              {"type": "message_stop"}]
+    raw = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+    out = []
+    for i in range(0, len(raw), 7):
+        piece = f.response.stream(raw[i:i + 7])
+        assert isinstance(piece, list) and b"" not in piece  # never an empty chunk mid-stream
+        out += piece
+    out += f.response.stream(b"")
+    chunks = validate_openai_sse(b"".join(out))
+    assert chunks[-1]["usage"]["total_tokens"] == 3
+
+
+async def test_upstream_429_becomes_openai_429_with_retry_after(chain):
+    _, addons = chain
+    f = make_flow()
+    await run_request(addons, f)
+    f.response = tutils.tresp(status_code=429, content=json.dumps([{"error": {
+        "code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}]).encode())
+    addons[2].responseheaders(f)
+    addons[2].response(f)
+    assert f.response.status_code == 429 and f.response.headers["retry-after"] == "1"
+    validate_error(json.loads(f.response.content))
+
+
+@pytest.mark.parametrize("body, status, param", [
+    (b"{nope", 400, None),
+    ({"model": "gpt-4o", "messages": [{"role": "bogus", "content": "x"}]}, 400, "messages[0].role"),
+    ({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+])
+async def test_bad_input_is_answered_locally(chain, body, status, param):
+    _, addons = chain
+    f = make_flow(body=body)
+    await run_request(addons, f)
+    assert f.response is not None and f.response.status_code == status
+    err = json.loads(f.response.content)
+    validate_error(err)
+    assert err["error"]["param"] == param
+    assert f.request.host == "api.openai.com"  # nothing was redirected upstream
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # regular mode, intercepted host
+    {"mode": "reverse:https://api.openai.com", "host": "api.openai.com"},
+    {"host": "127.0.0.1", "port": 8080, "scheme": "http"},  # sent straight to the listener
+])
+async def test_models_are_answered_locally_in_every_mode(chain, kw):
+    _, addons = chain
+    f = make_flow(path="/v1/models", method="GET", body=b"", **kw)
+    await run_request(addons, f)
+    body = json.loads(f.response.content)
+    assert f.response.status_code == 200 and body["object"] == "list"
+    ids = [m["id"] for m in body["data"]]
+    assert ids == ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5@20250929", "claude-haiku-4-5@20251001"]
+    f = make_flow(path="/v1/models/gpt-4o-mini", method="GET", body=b"", **kw)
+    await run_request(addons, f)
+    assert json.loads(f.response.content)["id"] == "gpt-4o-mini"
+    f = make_flow(path="/v1/models/gpt-2", method="GET", body=b"", **kw)
+    await run_request(addons, f)
+    assert f.response.status_code == 404 and json.loads(f.response.content)["error"]["code"] == "model_not_found"
+
+
+async def test_other_paths_on_our_hosts_get_404_and_other_hosts_are_untouched(chain):
+    _, addons = chain
+    f = make_flow(path="/v1/embeddings")
+    await run_request(addons, f)
+    assert f.response.status_code == 404
+    validate_error(json.loads(f.response.content))
+    f = make_flow(path="/v1/chat/completions", method="GET", body=b"")
+    await run_request(addons, f)
+    assert f.response.status_code == 405
+    f = make_flow(host="example.com")
+    await run_request(addons, f)
+    assert f.response is None and f.request.host == "example.com"
+    # a Host header naming the listener does not make a request to another port ours
+    f = make_flow(host="127.0.0.1", port=9999, scheme="http")
+    await run_request(addons, f)
+    assert f.response is None
+
+
+async def test_invalid_config_is_refused_and_missing_config_leaves_flows_alone(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("MODELMUX_CONFIG", raising=False)
+    runtime = Runtime()
+    addons = make_addons(runtime)
+    with taddons.context(*addons) as tctx:
+        tctx.configure(addons[0], modelmux_config="")
+        assert runtime.current is None and "modelmux is inactive" in caplog.text
+        f = make_flow()
+        await run_request(addons, f)
+        assert f.response is None and f.request.host == "api.openai.com"
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("vertex: {project: p, regoin: x}\n")
+        with pytest.raises(exceptions.OptionsError, match="regoin: unknown key"):
+            tctx.configure(addons[0], modelmux_config=str(bad))
