@@ -181,6 +181,7 @@ async def test_invalid_config_is_refused_and_missing_config_leaves_flows_alone(t
     addons = make_addons(runtime)
     with taddons.context(*addons) as tctx:
         tctx.configure(addons[0], modelmux_config="")
+        addons[0].running()
         assert runtime.current is None and "modelmux is inactive" in caplog.text
         f = make_flow()
         await run_request(addons, f)

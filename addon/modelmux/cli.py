@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -57,18 +58,24 @@ async def _run_proxy(args: argparse.Namespace) -> int:
         print(f"modelmux: {err}", file=sys.stderr)
         return 2
     modes = args.mode or ["regular"]
-    opts = options.Options(
-        listen_host=args.listen_host,
-        listen_port=args.listen_port,
-        confdir=os.path.expanduser(args.confdir),
-        mode=modes,
-        connection_strategy="lazy",
-        allow_hosts=_allow_hosts(config.intercept.hosts, modes),
-    )
+    # as mitmproxy's own entry point: the root logger passes everything, termlog_verbosity filters
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("tornado", "asyncio", "hpack", "quic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     master.addons.add(*make_addons())
     try:
-        opts.update(modelmux_config=str(Path(args.config).resolve()))
+        # after the addons are in: most of these options are declared by them (proxyserver, next_layer, ours)
+        opts.update(
+            listen_host=args.listen_host,
+            listen_port=args.listen_port,
+            confdir=os.path.expanduser(args.confdir),
+            mode=modes,
+            connection_strategy="lazy",
+            allow_hosts=_allow_hosts(config.intercept.hosts, modes),
+            modelmux_config=str(Path(args.config).resolve()),
+        )
         for item in args.set:
             name, _, value = item.partition("=")
             opts.set(f"{name}={value}")
@@ -78,6 +85,7 @@ async def _run_proxy(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a client vanishing mid-write must not kill the proxy
     await master.run()
     return 0
 

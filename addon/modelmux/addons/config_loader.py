@@ -38,7 +38,6 @@ class ConfigLoader:
             path = ctx.options.modelmux_config or os.environ.get("MODELMUX_CONFIG", "")
             if not path:
                 self.runtime.current = None
-                log.error("modelmux is inactive: no configuration (--set modelmux_config=FILE or MODELMUX_CONFIG)")
                 return
             try:
                 config = load_config(path)
@@ -47,6 +46,10 @@ class ConfigLoader:
             snap = self.runtime.install(config)
             log.info("modelmux: %s, project %s, region %s, %d mapped model(s), credentials: %s",
                      path, config.vertex.project, config.vertex.region, len(config.models.map), snap.tokens.source)
+
+    def running(self):
+        if self.runtime.current is None:
+            log.error("modelmux is inactive: no configuration (--set modelmux_config=FILE or MODELMUX_CONFIG)")
 
     def done(self):
         if self.runtime.current is not None:

@@ -1,0 +1,1048 @@
+"""A local fake of Claude on Vertex AI and of Google's OAuth token endpoint, for tests and benchmarks.
+
+It behaves like the real services where modelmux depends on them: Google-shaped auth and routing errors,
+Anthropic-shaped body errors (the rules in docs' Vertex notes), Anthropic's SSE framing. Replies are
+deterministic: "You said: " plus the last user message, one "token" per whitespace-separated word.
+
+Run it with `python -m modelmux.emulator --port 0 --service-account-out sa.json`; embed it with `await start()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import collections
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import string
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from . import models
+
+DEFAULT_PROJECT = "modelmux-emulator"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+CLOCK_SKEW = 60  # seconds Google tolerates on a JWT's iat / exp
+MAX_JWT_LIFETIME = 3600
+MAX_BODY_BYTES = 30 * 1024 * 1024  # Vertex's request cap
+REQUEST_LOG_SIZE = 200
+MAX_PACE_MS = 60_000
+LOGGED_BODY_BYTES = 8 * 1024 * 1024  # larger bodies are logged as null: 200 of them could exhaust memory
+
+log = logging.getLogger(__name__)
+
+
+# --- errors --------------------------------------------------------------------------------------------------
+
+class HttpError(Exception):
+    """An error answer: HTTP status plus the JSON body the real service sends."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  405: "UNIMPLEMENTED", 413: "INVALID_ARGUMENT", 500: "INTERNAL"}
+
+
+def google_error(code: int, message: str) -> HttpError:
+    return HttpError(code, {"error": {"code": code, "message": message, "status": _GOOGLE_STATUS.get(code, "UNKNOWN")}})
+
+
+def anthropic_error(status: int, kind: str, message: str) -> HttpError:
+    return HttpError(status, {"type": "error", "error": {"type": kind, "message": message}})
+
+
+def oauth_error(error: str, description: str, status: int = 400) -> HttpError:
+    return HttpError(status, {"error": error, "error_description": description})
+
+
+class InvalidRequest(Exception):
+    """A body rule was broken; the argument is the message the Anthropic API would send."""
+
+
+UNAUTHENTICATED_MESSAGE = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid "
+    "authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.")
+
+
+# --- credentials ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrustedKey:
+    email: str
+    public_key: rsa.RSAPublicKey
+
+
+def new_service_account(project: str, token_uri: str) -> dict[str, str]:
+    """A service-account key file's content, with a fresh RSA-2048 key, shaped like the ones IAM hands out."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    email = f"modelmux@{project}.iam.gserviceaccount.com"
+    return {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": secrets.token_hex(20),
+        "private_key": pem,
+        "client_email": email,
+        "client_id": "".join(secrets.choice(string.digits[1:]) for _ in range(21)),
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+        "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+        "client_x509_cert_url": f"https://www.googleapis.com/robot/v1/metadata/x509/{email.replace('@', '%40')}",
+        "universe_domain": "googleapis.com",
+    }
+
+
+def new_authorized_user(token_uri: str) -> dict[str, str]:
+    """What `gcloud auth application-default login` writes, with this emulator's token endpoint."""
+    return {
+        "type": "authorized_user",
+        "client_id": f"{secrets.randbelow(10**12):012d}-emulator.apps.googleusercontent.com",
+        "client_secret": "GOCSPX-" + secrets.token_urlsafe(21),
+        "refresh_token": "1//emu-" + secrets.token_urlsafe(48),
+        "token_uri": token_uri,
+        "universe_domain": "googleapis.com",
+    }
+
+
+def trusted_key(info: dict[str, Any]) -> tuple[str, TrustedKey]:
+    """(private_key_id, key) of a service-account key file's content."""
+    try:
+        private = serialization.load_pem_private_key(info["private_key"].encode(), password=None)
+        kid, email = info["private_key_id"], info["client_email"]
+    except (KeyError, AttributeError, ValueError, TypeError) as err:
+        raise ValueError(f"not a service-account key: {type(err).__name__}: {err}") from None
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise ValueError("not a service-account key: the private key is not RSA")
+    return kid, TrustedKey(email, private.public_key())
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+@dataclass
+class Settings:
+    """What can change while the emulator runs (`POST /_emulator/settings`)."""
+    pace_ms: float = 0.0
+    token_ttl: int = 3600
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    expires_at: float  # time.monotonic()
+    scopes: frozenset[str]
+
+
+class Authority:
+    """The token endpoint's memory: trusted keys and refresh tokens in, access tokens out."""
+
+    def __init__(self, settings: Settings, accept_tokens: Iterable[str] = ()):
+        self._settings = settings
+        self._keys: dict[str, TrustedKey] = {}
+        self._refresh_clients: dict[str, tuple[str, str]] = {}  # refresh_token → (client_id, client_secret)
+        self._static = frozenset(accept_tokens)
+        self._issued: dict[str, IssuedToken] = {}
+
+    def trust_service_account(self, info: dict[str, Any]) -> None:
+        kid, key = trusted_key(info)
+        self._keys[kid] = key
+
+    def trust_authorized_user(self, info: dict[str, str]) -> None:
+        self._refresh_clients[info["refresh_token"]] = (info["client_id"], info["client_secret"])
+
+    def grant_jwt(self, assertion: str, audiences: list[str]) -> dict[str, Any]:
+        return self._issue(self._verify_assertion(assertion, audiences))
+
+    def grant_refresh(self, client_id: str, client_secret: str, refresh_token: str, scope: str) -> dict[str, Any]:
+        client = self._refresh_clients.get(refresh_token)
+        if client is None:
+            raise oauth_error("invalid_grant", "Bad Request")
+        if client != (client_id, client_secret):
+            raise oauth_error("invalid_client", "Unauthorized", status=401)
+        return self._issue(frozenset(scope.split()) or frozenset({CLOUD_PLATFORM_SCOPE}))
+
+    def check_access(self, token: str) -> None:
+        """Raise the Google error Vertex answers for a missing, unknown, expired or under-scoped token."""
+        if token in self._static:
+            return
+        issued = self._issued.get(token)
+        if issued is None or issued.expires_at <= time.monotonic():
+            err = google_error(401, UNAUTHENTICATED_MESSAGE)
+            err.headers["WWW-Authenticate"] = 'Bearer realm="https://accounts.google.com/"'
+            raise err
+        if CLOUD_PLATFORM_SCOPE not in issued.scopes:
+            raise google_error(403, "Request had insufficient authentication scopes.")
+
+    def _issue(self, scopes: frozenset[str]) -> dict[str, Any]:
+        now = time.monotonic()
+        self._issued = {t: i for t, i in self._issued.items() if i.expires_at > now}  # forget expired tokens
+        token = "ya29.emu-" + secrets.token_urlsafe(32)
+        ttl = self._settings.token_ttl
+        self._issued[token] = IssuedToken(now + ttl, scopes)
+        return {"access_token": token, "expires_in": ttl, "token_type": "Bearer"}
+
+    def _verify_assertion(self, assertion: str, audiences: list[str]) -> frozenset[str]:
+        """Check a service account's signed JWT the way oauth2.googleapis.com does; return its scopes."""
+        try:
+            header_part, payload_part, signature_part = assertion.split(".")
+            header = json.loads(_b64url_decode(header_part))
+            claims = json.loads(_b64url_decode(payload_part))
+            signature = _b64url_decode(signature_part)
+        except (ValueError, binascii.Error):
+            raise oauth_error("invalid_grant", "Invalid JWT: Malformed.") from None
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise oauth_error("invalid_grant", "Invalid JWT: Malformed.")
+        if claims.get("iss") not in {key.email for key in self._keys.values()}:
+            raise oauth_error("invalid_grant", "Invalid grant: account not found")
+        key = self._keys.get(header.get("kid"))
+        if header.get("alg") != "RS256" or key is None or key.email != claims["iss"]:
+            raise oauth_error("invalid_grant", "Invalid JWT Signature.")
+        try:
+            key.public_key.verify(signature, f"{header_part}.{payload_part}".encode(), padding.PKCS1v15(),
+                                  hashes.SHA256())
+        except InvalidSignature:
+            raise oauth_error("invalid_grant", "Invalid JWT Signature.") from None
+        if not _reasonable_times(claims.get("iat"), claims.get("exp")):
+            raise oauth_error("invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                                               "reasonable timeframe. Check your iat and exp values in the JWT claim.")
+        if claims.get("aud") not in audiences:
+            raise oauth_error("invalid_grant", f"Invalid JWT: Failed audience check. The right audience is "
+                                               f"{audiences[0]}")
+        scope = claims.get("scope")
+        if not isinstance(scope, str) or not scope.split():
+            raise oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience provided.")
+        return frozenset(scope.split())
+
+
+def _reasonable_times(iat: object, exp: object) -> bool:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (iat, exp)):
+        return False
+    now = time.time()
+    return iat - CLOCK_SKEW <= now < exp + CLOCK_SKEW and 0 < exp - iat <= MAX_JWT_LIFETIME
+
+
+# --- body rules ----------------------------------------------------------------------------------------------
+
+ALLOWED_KEYS = ("anthropic_version", "messages", "system", "max_tokens", "temperature", "top_p", "top_k",
+                "stop_sequences", "stream", "metadata", "tools", "tool_choice", "thinking")
+VERSIONS = ("vertex-2023-10-16", "2026-10-21")
+NO_SAMPLING_VERSION = "2026-10-21"
+SAMPLING_KEYS = ("temperature", "top_p", "top_k")
+BLOCK_TYPES = ("text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "document")
+TOOL_RESULT_BLOCK_TYPES = ("text", "image", "document")
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
+ROLE_OF_BLOCK = {"tool_use": "assistant", "thinking": "assistant", "redacted_thinking": "assistant",
+                 "tool_result": "user"}
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+PHONE = re.compile(r"^\+?[\d\s().-]+$")
+MIN_THINKING_BUDGET = 1024
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _options(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _require(obj: dict, key: str, path: str) -> Any:
+    if key not in obj:
+        raise InvalidRequest(f"{path}{key}: Field required")
+    return obj[key]
+
+
+def _check_string(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{path}: Input should be a valid string")
+    return value
+
+
+def _check_dict(value: object, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{path}: Input should be a valid dictionary")
+    return value
+
+
+def _check_list(value: object, path: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{path}: Input should be a valid list")
+    return value
+
+
+def _check_text(text: str, owner: str) -> None:
+    if not text:
+        raise InvalidRequest(f"{owner}: text content blocks must be non-empty")
+    if not text.strip():
+        raise InvalidRequest(f"{owner}: text content blocks must contain non-whitespace text")
+
+
+def validate_body(body: object, model: str, streaming: bool) -> dict:
+    """Apply Vertex's rules for a Claude request body; raise InvalidRequest with the API's message."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("Input should be a valid dictionary or object to extract fields from")
+    for key in body:
+        if key not in ALLOWED_KEYS:
+            raise InvalidRequest(f"{key}: Extra inputs are not permitted")
+    _check_version(body)
+    _check_max_tokens(body, model)
+    _check_messages(body)
+    _check_system(body)
+    _check_sampling(body, model)
+    _check_stop_sequences(body)
+    _check_stream(body, streaming)
+    _check_metadata(body)
+    _check_tools(body)
+    _check_thinking(body)
+    return body
+
+
+def _check_version(body: dict) -> None:
+    if _require(body, "anthropic_version", "") not in VERSIONS:
+        raise InvalidRequest(f"anthropic_version: Input should be {_options(VERSIONS)}")
+
+
+def _check_max_tokens(body: dict, model: str) -> None:
+    value = _require(body, "max_tokens", "")
+    if not _is_int(value):
+        raise InvalidRequest("max_tokens: Input should be a valid integer")
+    if value < 1:
+        raise InvalidRequest("max_tokens: Input should be greater than or equal to 1")
+    cap = models.output_cap(model)
+    if value > cap:
+        raise InvalidRequest(f"max_tokens: {value} > {cap}, which is the maximum allowed number of output tokens "
+                             f"for {models.first_party_id(model)}")
+
+
+def _blocks(content: str | list) -> list:
+    """A message's content as blocks: a string is shorthand for one text block."""
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _check_messages(body: dict) -> None:
+    messages = _check_list(_require(body, "messages", ""), "messages")
+    if not messages:
+        raise InvalidRequest("messages: at least one message is required")
+    for i, message in enumerate(messages):
+        path = f"messages.{i}"
+        _check_dict(message, path)
+        for key in message:
+            if key not in ("role", "content"):
+                raise InvalidRequest(f"{path}.{key}: Extra inputs are not permitted")
+        role = _require(message, "role", f"{path}.")
+        if role not in ("user", "assistant"):
+            raise InvalidRequest(f"{path}.role: Input should be 'user' or 'assistant'")
+        content = _require(message, "content", f"{path}.")
+        if not isinstance(content, (str, list)):
+            raise InvalidRequest(f"{path}.content: Input should be a valid string or list")
+        if content == []:
+            raise InvalidRequest(f"{path}.content: List should have at least 1 item after validation, not 0")
+        for j, block in enumerate(_blocks(content)):
+            _check_block(block, f"{path}.content.{j}", role, BLOCK_TYPES)
+    _check_tool_pairing(messages)
+
+
+def _check_block(block: object, path: str, role: str, allowed: tuple[str, ...]) -> None:
+    kind = _check_dict(block, path).get("type")
+    if kind not in allowed:
+        raise InvalidRequest(f"{path}: Input tag '{kind}' found using 'type' does not match any of the expected "
+                             f"tags: {', '.join(repr(t) for t in allowed)}")
+    if ROLE_OF_BLOCK.get(kind, role) != role:
+        raise InvalidRequest(f"{path}.type: `{kind}` blocks are only allowed in {ROLE_OF_BLOCK[kind]} messages")
+    _BLOCK_CHECKS[kind](block, path, role)
+
+
+def _check_text_block(block: dict, path: str, role: str) -> None:
+    _check_text(_check_string(_require(block, "text", f"{path}."), f"{path}.text"), "messages")
+
+
+def _check_source(block: dict, path: str, kinds: tuple[str, ...], media_types: tuple[str, ...]) -> dict:
+    source = _check_dict(_require(block, "source", f"{path}."), f"{path}.source")
+    kind = source.get("type")
+    if kind == "url":
+        raise InvalidRequest(f"{path}.source: URL sources are not supported on Vertex AI; "
+                             f"send the data base64-encoded")
+    if kind not in kinds:
+        raise InvalidRequest(f"{path}.source.type: Input should be {_options(kinds)}")
+    if kind == "base64":
+        if source.get("media_type") not in media_types:
+            raise InvalidRequest(f"{path}.source.media_type: Input should be {_options(media_types)}")
+        data = _check_string(_require(source, "data", f"{path}.source."), f"{path}.source.data")
+        try:
+            base64.b64decode(data, validate=True)
+        except binascii.Error:
+            raise InvalidRequest(f"{path}.source.data: Input should be valid base64") from None
+    return source
+
+
+def _check_image_block(block: dict, path: str, role: str) -> None:
+    _check_source(block, path, ("base64",), IMAGE_MEDIA_TYPES)
+
+
+def _check_document_block(block: dict, path: str, role: str) -> None:
+    source = _check_source(block, path, ("base64", "text", "content"), ("application/pdf",))
+    if source["type"] == "text":
+        _check_string(_require(source, "data", f"{path}.source."), f"{path}.source.data")
+
+
+def _check_tool_use_block(block: dict, path: str, role: str) -> None:
+    tool_id = _check_string(_require(block, "id", f"{path}."), f"{path}.id")
+    if not TOOL_ID.match(tool_id):
+        raise InvalidRequest(f"{path}.id: String should match pattern '{TOOL_ID.pattern}'")
+    name = _check_string(_require(block, "name", f"{path}."), f"{path}.name")
+    if not TOOL_NAME.match(name):
+        raise InvalidRequest(f"{path}.name: String should match pattern '{TOOL_NAME.pattern}'")
+    _check_dict(_require(block, "input", f"{path}."), f"{path}.input")
+
+
+def _check_tool_result_block(block: dict, path: str, role: str) -> None:
+    tool_id = _check_string(_require(block, "tool_use_id", f"{path}."), f"{path}.tool_use_id")
+    if not TOOL_ID.match(tool_id):
+        raise InvalidRequest(f"{path}.tool_use_id: String should match pattern '{TOOL_ID.pattern}'")
+    content = block.get("content", "")
+    if isinstance(content, list):
+        for k, inner in enumerate(content):
+            _check_block(inner, f"{path}.content.{k}", role, TOOL_RESULT_BLOCK_TYPES)
+    elif not isinstance(content, str):
+        raise InvalidRequest(f"{path}.content: Input should be a valid string or list")
+
+
+def _check_thinking_block(block: dict, path: str, role: str) -> None:
+    _check_string(_require(block, "thinking", f"{path}."), f"{path}.thinking")
+    _check_string(_require(block, "signature", f"{path}."), f"{path}.signature")
+
+
+def _check_redacted_thinking_block(block: dict, path: str, role: str) -> None:
+    _check_string(_require(block, "data", f"{path}."), f"{path}.data")
+
+
+_BLOCK_CHECKS: dict[str, Callable[[dict, str, str], None]] = {
+    "text": _check_text_block,
+    "image": _check_image_block,
+    "document": _check_document_block,
+    "tool_use": _check_tool_use_block,
+    "tool_result": _check_tool_result_block,
+    "thinking": _check_thinking_block,
+    "redacted_thinking": _check_redacted_thinking_block,
+}
+
+
+def _ids(message: dict, kind: str, key: str) -> list[str]:
+    return [b[key] for b in _blocks(message["content"]) if b["type"] == kind]
+
+
+def _check_tool_pairing(messages: list[dict]) -> None:
+    """Every tool_result answers a tool_use of the turn just before; every tool_use is answered in the next."""
+    for i, message in enumerate(messages):
+        if message["role"] == "user":
+            previous = messages[i - 1] if i > 0 and messages[i - 1]["role"] == "assistant" else None
+            asked = set(_ids(previous, "tool_use", "id")) if previous else set()
+            for j, block in enumerate(_blocks(message["content"])):
+                if block["type"] == "tool_result" and block["tool_use_id"] not in asked:
+                    raise InvalidRequest(
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                        f"{block['tool_use_id']}. Each `tool_result` block must have a corresponding `tool_use` "
+                        f"block in the previous message.")
+        elif i + 1 < len(messages):
+            follower = messages[i + 1]
+            answered = set(_ids(follower, "tool_result", "tool_use_id")) if follower["role"] == "user" else set()
+            missing = [t for t in _ids(message, "tool_use", "id") if t not in answered]
+            if missing:
+                raise InvalidRequest(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                    f"{', '.join(missing)}. Each `tool_use` block must have a corresponding `tool_result` block "
+                    f"in the next message.")
+
+
+def _check_system(body: dict) -> None:
+    if "system" not in body or isinstance(body["system"], str):
+        return
+    for j, block in enumerate(_check_list(body["system"], "system")):
+        if _check_dict(block, f"system.{j}").get("type") != "text":
+            raise InvalidRequest(f"system.{j}.type: Input should be 'text'")
+        _check_text(_check_string(_require(block, "text", f"system.{j}."), f"system.{j}.text"), "system")
+
+
+def _check_sampling(body: dict, model: str) -> None:
+    present = [key for key in SAMPLING_KEYS if key in body]
+    if present and body["anthropic_version"] == NO_SAMPLING_VERSION:
+        raise InvalidRequest(f"{present[0]}: Extra inputs are not permitted "
+                             f"(anthropic_version {NO_SAMPLING_VERSION} has no sampling parameters)")
+    for key in ("temperature", "top_p"):
+        if key in body:
+            value = body[key]
+            if not _is_number(value):
+                raise InvalidRequest(f"{key}: Input should be a valid number")
+            if value < 0:
+                raise InvalidRequest(f"{key}: Input should be greater than or equal to 0")
+            if value > 1:
+                raise InvalidRequest(f"{key}: Input should be less than or equal to 1")
+    if "top_k" in body and (not _is_int(body["top_k"]) or body["top_k"] < 0):
+        raise InvalidRequest("top_k: Input should be a valid integer greater than or equal to 0")
+    if "temperature" in body and "top_p" in body and models.rejects_temperature_with_top_p(model):
+        raise InvalidRequest("`temperature` and `top_p` cannot both be specified for this model. "
+                             "Please use only one.")
+
+
+def _check_stop_sequences(body: dict) -> None:
+    for k, stop in enumerate(_check_list(body.get("stop_sequences", []), "stop_sequences")):
+        if not _check_string(stop, f"stop_sequences.{k}").strip():
+            raise InvalidRequest("stop_sequences: each stop sequence must contain non-whitespace characters")
+
+
+def _check_stream(body: dict, streaming: bool) -> None:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream: Input should be a valid boolean")
+    if streaming and not stream:
+        raise InvalidRequest("stream: streamRawPredict requires `\"stream\": true`")
+    if stream and not streaming:
+        raise InvalidRequest("stream: `\"stream\": true` requires streamRawPredict, not rawPredict")
+
+
+def _looks_personal(user_id: str) -> bool:
+    digits = sum(c.isdigit() for c in user_id)
+    return bool(EMAIL.search(user_id)) or (PHONE.match(user_id) is not None and 7 <= digits <= 15)
+
+
+def _check_metadata(body: dict) -> None:
+    if "metadata" not in body:
+        return
+    metadata = _check_dict(body["metadata"], "metadata")
+    for key in metadata:
+        if key != "user_id":
+            raise InvalidRequest(f"metadata.{key}: Extra inputs are not permitted")
+    user_id = metadata.get("user_id")
+    if user_id is None:
+        return
+    if _looks_personal(_check_string(user_id, "metadata.user_id")):
+        raise InvalidRequest("metadata.user_id: user_id must not contain personally identifying information "
+                             "such as an email address or phone number")
+
+
+def _check_tools(body: dict) -> None:
+    names: set[str] = set()
+    for k, tool in enumerate(_check_list(body.get("tools", []), "tools")):
+        path = f"tools.{k}"
+        name = _check_string(_require(_check_dict(tool, path), "name", f"{path}."), f"{path}.name")
+        if not TOOL_NAME.match(name):
+            raise InvalidRequest(f"{path}.name: String should match pattern '{TOOL_NAME.pattern}'")
+        if name in names:
+            raise InvalidRequest("tools: Tool names must be unique.")
+        names.add(name)
+        if tool.get("type", "custom") == "custom":
+            _check_dict(_require(tool, "input_schema", f"{path}."), f"{path}.input_schema")
+    if "tool_choice" in body:
+        choice = _check_dict(body["tool_choice"], "tool_choice")
+        if choice.get("type") not in TOOL_CHOICE_TYPES:
+            raise InvalidRequest(f"tool_choice.type: Input should be {_options(TOOL_CHOICE_TYPES)}")
+        if choice["type"] == "tool":
+            _check_string(_require(choice, "name", "tool_choice."), "tool_choice.name")
+
+
+def _check_thinking(body: dict) -> None:
+    if "thinking" not in body:
+        return
+    thinking = _check_dict(body["thinking"], "thinking")
+    if thinking.get("type") not in ("enabled", "disabled"):
+        raise InvalidRequest("thinking.type: Input should be 'enabled' or 'disabled'")
+    if thinking["type"] == "disabled":
+        return
+    budget = _require(thinking, "budget_tokens", "thinking.enabled.")
+    if not _is_int(budget) or budget < MIN_THINKING_BUDGET:
+        raise InvalidRequest(f"thinking.enabled.budget_tokens: Input should be greater than or equal to "
+                             f"{MIN_THINKING_BUDGET}")
+    if body["max_tokens"] <= budget:
+        raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                             "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                             "#max-tokens-and-context-window-size")
+    if body.get("tool_choice", {}).get("type") in ("any", "tool"):
+        raise InvalidRequest("Thinking may not be enabled when tool_choice forces tool use.")
+    _check_thinking_kept(body["messages"])
+
+
+def _check_thinking_kept(messages: list[dict]) -> None:
+    """In a tool loop with thinking on, the assistant turn that called the tools must start with its thinking."""
+    last = messages[-1]
+    if last["role"] != "user" or not _ids(last, "tool_result", "tool_use_id"):
+        return
+    i = len(messages) - 2  # the tool-calling turn (tool pairing already checked it is an assistant turn)
+    first = _blocks(messages[i]["content"])[0]["type"]
+    if first not in ("thinking", "redacted_thinking"):
+        raise InvalidRequest(
+            f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When "
+            f"`thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the "
+            f"lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from "
+            f"previous turns. To avoid this requirement, disable `thinking`. Please consult our documentation at "
+            f"https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
+
+
+# --- replies -------------------------------------------------------------------------------------------------
+
+@dataclass
+class OutputBlock:
+    """One content block as the two answer forms carry it: whole (JSON) or as SSE start + deltas."""
+    start: dict
+    deltas: list[dict]
+    final: dict
+
+
+@dataclass
+class Generation:
+    blocks: list[OutputBlock]
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+    output_tokens: int
+    id: str = field(default_factory=lambda: "msg_vrtx_" + "".join(
+        secrets.choice(string.ascii_letters + string.digits) for _ in range(24)))
+
+
+def _texts(content: str | list) -> Iterator[str]:
+    for block in _blocks(content):
+        if block["type"] == "text":
+            yield block["text"]
+        elif block["type"] == "tool_result":
+            yield from _texts(block.get("content", ""))
+
+
+def count_input_tokens(body: dict) -> int:
+    texts = list(_texts(body.get("system", [])))
+    for message in body["messages"]:
+        texts.extend(_texts(message["content"]))
+    return sum(len(t.split()) for t in texts)
+
+
+def compose_reply(body: dict) -> list[dict]:
+    """The whole answer the fake model "wants" to give, before max_tokens and stop sequences cut it.
+
+    The place to add scenarios (tool calls, thinking) later; generate() handles the cutting and framing.
+    """
+    last_user = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": []})
+    said = " ".join(b["text"] for b in _blocks(last_user["content"]) if b["type"] == "text")
+    return [{"type": "text", "text": " ".join(("You said: " + said).split())}]
+
+
+def _first_stop(text: str, stops: list[str]) -> tuple[str, int] | None:
+    found = [(text.find(s), s) for s in stops if s in text]
+    if not found:
+        return None
+    at, stop = min(found)
+    return stop, at
+
+
+def generate(body: dict) -> Generation:
+    """Cut compose_reply()'s answer to max_tokens words or before the first stop sequence, word by word."""
+    budget = body["max_tokens"]
+    stops = body.get("stop_sequences", [])
+    blocks: list[OutputBlock] = []
+    used = 0
+    stop_reason, stop_sequence = "end_turn", None
+    for block in compose_reply(body):
+        text = block["text"]
+        hit = _first_stop(text, stops)
+        if hit:
+            stop_sequence, cut = hit
+            text, stop_reason = text[:cut], "stop_sequence"
+        words = re.findall(r"\S+ ?", text)  # one "token" = one word with its trailing space
+        if used + len(words) > budget:
+            words = words[:budget - used]
+            stop_reason, stop_sequence = "max_tokens", None
+        used += len(words)
+        blocks.append(OutputBlock(
+            start={"type": "text", "text": ""},
+            deltas=[{"type": "text_delta", "text": w} for w in words],
+            final={"type": "text", "text": "".join(words)}))
+        if stop_reason != "end_turn":
+            break
+    return Generation(blocks, stop_reason, stop_sequence, count_input_tokens(body), used)
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+
+
+def message_json(gen: Generation, model: str) -> dict:
+    return {"id": gen.id, "type": "message", "role": "assistant", "model": models.first_party_id(model),
+            "content": [b.final for b in gen.blocks], "stop_reason": gen.stop_reason,
+            "stop_sequence": gen.stop_sequence, "usage": _usage(gen.input_tokens, gen.output_tokens)}
+
+
+def sse_events(gen: Generation, model: str) -> list[tuple[str, dict]]:
+    """(event name, data) pairs in Anthropic's streaming order."""
+    start = {**message_json(gen, model), "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": _usage(gen.input_tokens, 1)}
+    events = [("message_start", {"type": "message_start", "message": start}), ("ping", {"type": "ping"})]
+    for index, block in enumerate(gen.blocks):
+        events.append(("content_block_start",
+                       {"type": "content_block_start", "index": index, "content_block": block.start}))
+        events.extend(("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+                      for d in block.deltas)
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(("message_delta", {"type": "message_delta",
+                                     "delta": {"stop_reason": gen.stop_reason, "stop_sequence": gen.stop_sequence},
+                                     "usage": {"output_tokens": gen.output_tokens}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+# --- HTTP ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class State:
+    settings: Settings
+    authority: Authority
+    token_uri: str
+    request_log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REQUEST_LOG_SIZE))
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, state: State) -> None:
+        self.state = state
+
+    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.finish(json.dumps(body))
+
+    def send_error_answer(self, err: HttpError) -> None:
+        self.send_json(err.status, err.body, err.headers)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # tornado's own errors (unknown route, wrong method, a bug here) in Google's shape, not HTML
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(google_error(status_code, self._reason).body))
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+class TokenHandler(BaseHandler):
+    """POST /token, like https://oauth2.googleapis.com/token."""
+
+    def post(self) -> None:
+        arg = self.get_body_argument
+        grant = arg("grant_type", "")
+        try:
+            if grant == JWT_BEARER_GRANT:
+                answer = self.state.authority.grant_jwt(arg("assertion", ""), self._audiences())
+            elif grant == "refresh_token":
+                answer = self.state.authority.grant_refresh(arg("client_id", ""), arg("client_secret", ""),
+                                                            arg("refresh_token", ""), arg("scope", ""))
+            else:
+                raise oauth_error("unsupported_grant_type", f"Invalid grant_type: {grant}")
+        except HttpError as err:
+            self.send_error_answer(err)
+            return
+        self.set_header("Cache-Control", "no-cache, no-store, max-age=0, must-revalidate")
+        self.send_json(200, answer)
+
+    def _audiences(self) -> list[str]:
+        # google-auth (2.x) always signs aud = Google's token URL, whatever the key file's token_uri says; other
+        # clients use the token_uri they post to, as this emulator advertised it or as they named it (`localhost`)
+        return [GOOGLE_TOKEN_URI, self.state.token_uri,
+                f"{self.request.protocol}://{self.request.host}{self.request.path}"]
+
+
+_NOT_JSON = object()
+
+
+class ModelHandler(BaseHandler):
+    """POST …/publishers/anthropic/models/{model}:rawPredict | :streamRawPredict."""
+
+    def prepare(self) -> None:
+        try:
+            self.parsed: Any = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            self.parsed = _NOT_JSON
+        headers = dict(self.request.headers)
+        if "Authorization" in headers:
+            headers["Authorization"] = "Bearer <redacted>"
+        small = len(self.request.body) <= LOGGED_BODY_BYTES
+        logged_body = self.parsed if small and self.parsed is not _NOT_JSON else None
+        self.log_entry = {"path": self.request.path, "method": self.request.method, "headers": headers,
+                          "authorized": False, "body": logged_body, "status": None, "response": None}
+        self.state.request_log.append(self.log_entry)
+        self.started = time.monotonic()
+
+    def on_finish(self) -> None:
+        self.log_entry["status"] = self.get_status()
+
+    async def post(self, project: str, location: str, model: str, method: str) -> None:
+        try:
+            self._authorize()
+            if model not in models.OUTPUT_CAPS:
+                raise google_error(404, f"Publisher Model `projects/{project}/locations/{location}/publishers/"
+                                        f"anthropic/models/{model}` not found.")
+            body = self._validated(model, streaming=method == "streamRawPredict")
+        except HttpError as err:
+            self.send_error_answer(err)
+            return
+        gen = generate(body)
+        if body.get("stream"):
+            await self._stream(sse_events(gen, model))
+        else:
+            self.send_json(200, message_json(gen, model))
+
+    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.log_entry["response"] = {"body": body}
+        super().send_json(status, body, headers)
+
+    def _authorize(self) -> None:
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        self.state.authority.check_access(token.strip() if scheme.lower() == "bearer" else "")
+        self.log_entry["authorized"] = True
+
+    def _validated(self, model: str, streaming: bool) -> dict:
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise anthropic_error(413, "request_too_large", "Request exceeds the maximum allowed number of bytes.")
+        if self.parsed is _NOT_JSON:
+            raise anthropic_error(400, "invalid_request_error", "There was an error parsing the body: not JSON")
+        try:
+            return validate_body(self.parsed, model, streaming)
+        except InvalidRequest as err:
+            raise anthropic_error(400, "invalid_request_error", str(err)) from None
+
+    async def _stream(self, events: list[tuple[str, dict]]) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        sent: list[dict] = []
+        self.log_entry["response"] = {"events": sent}
+        for i, (name, data) in enumerate(events):
+            if i and self.state.settings.pace_ms > 0:
+                await asyncio.sleep(self.state.settings.pace_ms / 1000)
+            self.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n")
+            try:
+                await self.flush()
+            except tornado.iostream.StreamClosedError:
+                return  # the client went away: stop generating
+            sent.append({"t_ms": round((time.monotonic() - self.started) * 1000, 1), "event": name, "data": data})
+
+
+class RequestsHandler(BaseHandler):
+    """GET / DELETE /_emulator/requests: the last model requests, for tests."""
+
+    def get(self) -> None:
+        self.send_json(200, list(self.state.request_log))
+
+    def delete(self) -> None:
+        self.state.request_log.clear()
+        self.send_json(200, {"ok": True})
+
+
+class SettingsHandler(BaseHandler):
+    """GET / POST /_emulator/settings: pace_ms (delay between SSE events) and token_ttl (seconds)."""
+
+    def get(self) -> None:
+        self.send_json(200, asdict(self.state.settings))
+
+    def post(self) -> None:
+        try:
+            changes = json.loads(self.request.body)
+            _apply_settings(self.state.settings, changes)
+        except (ValueError, TypeError) as err:
+            self.send_json(400, {"error": str(err)})
+            return
+        self.send_json(200, asdict(self.state.settings))
+
+
+def _apply_settings(settings: Settings, changes: object) -> None:
+    if not isinstance(changes, dict):
+        raise ValueError("settings must be a JSON object")
+    unknown = set(changes) - {"pace_ms", "token_ttl"}
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    pace, ttl = changes.get("pace_ms", settings.pace_ms), changes.get("token_ttl", settings.token_ttl)
+    if not _is_number(pace) or not 0 <= pace <= MAX_PACE_MS:
+        raise ValueError(f"pace_ms must be a number from 0 to {MAX_PACE_MS}")
+    if not _is_int(ttl) or ttl < 1:
+        raise ValueError("token_ttl must be an integer ≥ 1")
+    settings.pace_ms, settings.token_ttl = float(pace), ttl
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.send_json(200, {"ok": True})
+
+
+# Tornado percent-decodes the groups, so `claude-sonnet-4-5%4020250929` arrives as `…@…`.
+MODEL_ROUTE = (r"/v1/projects/([^/]+)/locations/([^/]+)/publishers/anthropic/models/([^/:]+?)"
+               r"(?::|%3A|%3a)(rawPredict|streamRawPredict)")
+
+
+def make_app(state: State) -> tornado.web.Application:
+    args = {"state": state}
+    return tornado.web.Application(
+        [(r"/token", TokenHandler, args), (MODEL_ROUTE, ModelHandler, args),
+         (r"/_emulator/requests", RequestsHandler, args), (r"/_emulator/settings", SettingsHandler, args),
+         (r"/_emulator/health", HealthHandler, args)],
+        default_handler_class=NotFoundHandler, default_handler_args=args,
+        compress_response=False)  # Vertex's Claude answers are never gzipped
+
+
+def _url_host(host: str) -> str:
+    """The host a client uses to reach a server bound to `host`."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _write_private_json(path: str, data: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds a private key
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+
+
+class Emulator:
+    """A running emulator: `url`, `port`, `token_uri`, the credentials it trusts; `await stop()`."""
+
+    def __init__(self, server: tornado.httpserver.HTTPServer, port: int, url: str, state: State,
+                 service_account: dict[str, str], authorized_user: dict[str, str]):
+        self._server = server
+        self.port = port
+        self.url = url
+        self.state = state
+        self.token_uri = state.token_uri
+        self.service_account = service_account
+        self.authorized_user = authorized_user
+
+    async def stop(self) -> None:
+        self._server.stop()
+        try:
+            await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
+        except TimeoutError:
+            log.warning("some connections did not close within 5 s")
+
+
+async def start(host: str = "127.0.0.1", port: int = 0, *, pace_ms: float = 0.0, token_ttl: int = 3600,
+                project: str = DEFAULT_PROJECT, service_account_out: str | None = None,
+                authorized_user_out: str | None = None, trust: Iterable[str] = (),
+                accept_tokens: Iterable[str] = ()) -> Emulator:
+    """Serve on the running loop. Always mints a service account and an authorized user it trusts
+    (`Emulator.service_account`, `.authorized_user`), written to the given files."""
+    settings = Settings()
+    _apply_settings(settings, {"pace_ms": pace_ms, "token_ttl": token_ttl})
+    authority = Authority(settings, accept_tokens)
+    for path in trust:
+        try:
+            authority.trust_service_account(_read_json(path))
+        except ValueError as err:
+            raise ValueError(f"cannot trust {path}: {err}") from None
+    sockets = tornado.netutil.bind_sockets(port, address=host)
+    port = sockets[0].getsockname()[1]
+    url = f"http://{_url_host(host)}:{port}"
+    state = State(settings, authority, token_uri=f"{url}/token")
+    service_account = new_service_account(project, state.token_uri)
+    authorized_user = new_authorized_user(state.token_uri)
+    authority.trust_service_account(service_account)
+    authority.trust_authorized_user(authorized_user)
+    try:
+        if service_account_out:
+            _write_private_json(service_account_out, service_account)
+        if authorized_user_out:
+            _write_private_json(authorized_user_out, authorized_user)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    server = tornado.httpserver.HTTPServer(make_app(state), max_body_size=2 * MAX_BODY_BYTES)
+    server.add_sockets(sockets)
+    return Emulator(server, port, url, state, service_account, authorized_user)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free port)")
+    parser.add_argument("--pace-ms", type=float, default=0.0, help="delay between SSE events, milliseconds")
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="project id of the generated service account")
+    parser.add_argument("--service-account-out", metavar="FILE",
+                        help="write a service-account key (trusted by this emulator) to FILE")
+    parser.add_argument("--authorized-user-out", metavar="FILE",
+                        help="write authorized-user credentials (accepted by this emulator) to FILE")
+    parser.add_argument("--trust", metavar="FILE", action="append", default=[],
+                        help="also trust this service-account key file (repeatable)")
+    parser.add_argument("--accept-token", metavar="TOKEN", action="append", default=[],
+                        help="accept this static access token on the model endpoints (repeatable)")
+    parser.add_argument("--token-ttl", type=int, default=3600, help="lifetime of issued access tokens, seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT / SIGTERM. Prints one `listening on URL` line to stdout when ready."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        emulator = await start(args.host, args.port, pace_ms=args.pace_ms, token_ttl=args.token_ttl,
+                               project=args.project, service_account_out=args.service_account_out,
+                               authorized_user_out=args.authorized_user_out, trust=args.trust,
+                               accept_tokens=args.accept_token)
+    except (OSError, ValueError) as err:
+        print(f"modelmux emulator: {err}", file=sys.stderr)
+        return 1
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    print(f"modelmux emulator listening on {emulator.url}", flush=True)
+    await stopping.wait()
+    await emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m modelmux.emulator",
+                                      description="A local fake of Claude on Vertex AI and Google's token endpoint.")
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

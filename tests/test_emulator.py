@@ -1,0 +1,569 @@
+"""The Vertex AI / Google OAuth emulator, run as a real subprocess and driven over HTTP with real google-auth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google.auth.crypt
+import google.auth.exceptions
+import google.auth.jwt
+import google.auth.transport
+import google.oauth2.credentials
+import httpx
+import pytest
+from google.oauth2 import service_account
+
+from modelmux import emulator as emu_module
+
+ADDON_DIR = Path(__file__).resolve().parents[1] / "addon"
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+MODEL = "claude-sonnet-4-5@20250929"
+STATIC_TOKEN = "static-test-token"
+START_TIMEOUT = 10.0
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Running:
+    proc: subprocess.Popen
+    url: str
+    stderr_path: Path
+    service_account_path: Path
+    authorized_user_path: Path
+
+    def model_url(self, model: str = MODEL, method: str = "rawPredict", location: str = "us-east5") -> str:
+        return (f"{self.url}/v1/projects/p1/locations/{location}/publishers/anthropic/models/{model}:{method}")
+
+
+def _launch(tmp: Path, *extra: str) -> Running:
+    sa, au, err = tmp / "sa.json", tmp / "au.json", tmp / "stderr.txt"
+    env = {**os.environ, "PYTHONPATH": str(ADDON_DIR)}
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelmux.emulator", "--port", "0", "--service-account-out", str(sa),
+             "--authorized-user-out", str(au), *extra],
+            stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+    line = proc.stdout.readline() if ready else ""
+    match = re.fullmatch(r"modelmux emulator listening on (http://127\.0\.0\.1:\d+)\n", line)
+    if not match:
+        _stop(proc)
+        pytest.fail(f"emulator did not start: {line!r} {err.read_text()}")
+    return Running(proc, match.group(1), err, sa, au)
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+        raise
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    running = _launch(tmp_path_factory.mktemp("emulator"), "--accept-token", STATIC_TOKEN)
+    yield running
+    _stop(running.proc)
+
+
+@pytest.fixture(scope="module")
+def client(emu: Running) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=emu.url, trust_env=False, timeout=10) as c:
+        yield c
+
+
+class HttpxRequest(google.auth.transport.Request):
+    """google-auth transport on httpx (`requests` is not installed)."""
+
+    class _Response(google.auth.transport.Response):
+        def __init__(self, resp: httpx.Response):
+            self._resp = resp
+
+        @property
+        def status(self) -> int:
+            return self._resp.status_code
+
+        @property
+        def headers(self):
+            return self._resp.headers
+
+        @property
+        def data(self) -> bytes:
+            return self._resp.content
+
+    def __init__(self) -> None:
+        self._client = httpx.Client(trust_env=False, timeout=10)
+
+    def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):
+        return self._Response(self._client.request(method, url, content=body, headers=headers))
+
+
+@pytest.fixture(scope="module")
+def token(emu: Running) -> str:
+    creds = service_account.Credentials.from_service_account_file(str(emu.service_account_path), scopes=SCOPES)
+    creds.refresh(HttpxRequest())
+    return creds.token
+
+
+def body(**changes: Any) -> dict:
+    """A valid request body; a change to `DROP` removes the key."""
+    base = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hello there world"}]}
+    merged = {**base, **changes}
+    return {k: v for k, v in merged.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def call(client: httpx.Client, emu: Running, payload: Any, token: str | None, **url: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post(emu.model_url(**url), content=json.dumps(payload), headers=headers)
+
+
+# --- OAuth token endpoint ------------------------------------------------------------------------------------
+
+def test_service_account_refresh_gets_a_working_token(client, emu, token):
+    assert token.startswith("ya29.emu-")
+    assert call(client, emu, body(), token).status_code == 200
+
+
+def _assertion(info: dict, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"iss": info["client_email"], "aud": f"{info['token_uri']}", "iat": now, "exp": now + 3600,
+               "scope": SCOPES[0], **claims}
+    signer = google.auth.crypt.RSASigner.from_service_account_info(info)
+    return google.auth.jwt.encode(signer, payload).decode()
+
+
+def _jwt_grant(client: httpx.Client, assertion: str) -> httpx.Response:
+    return client.post("/token", data={"grant_type": emu_module.JWT_BEARER_GRANT, "assertion": assertion})
+
+
+def _other_key_info(info: dict) -> dict:
+    fresh = emu_module.new_service_account("elsewhere", info["token_uri"])
+    return {**info, "private_key": fresh["private_key"]}
+
+
+def test_untrusted_key_is_rejected_by_google_auth(emu):
+    info = json.loads(emu.service_account_path.read_text())
+    creds = service_account.Credentials.from_service_account_info(_other_key_info(info), scopes=SCOPES)
+    with pytest.raises(google.auth.exceptions.RefreshError, match="Invalid JWT Signature"):
+        creds.refresh(HttpxRequest())
+
+
+@pytest.mark.parametrize("case, description", [
+    ("untrusted key", "Invalid JWT Signature."),
+    ("unknown kid", "Invalid JWT Signature."),
+    ("wrong audience", "Invalid JWT: Failed audience check. The right audience is https://oauth2.googleapis.com/token"),
+    ("too long-lived", "Invalid JWT: Token must be a short-lived token"),
+    ("expired", "Invalid JWT: Token must be a short-lived token"),
+    ("issued in the future", "Invalid JWT: Token must be a short-lived token"),
+    ("unknown issuer", "Invalid grant: account not found"),
+])
+def test_bad_assertions_are_rejected(client, emu, case, description):
+    info = json.loads(emu.service_account_path.read_text())
+    now = int(time.time())
+    assertion = {
+        "untrusted key": lambda: _assertion(_other_key_info(info)),
+        "unknown kid": lambda: _assertion({**info, "private_key_id": "0" * 40}),
+        "wrong audience": lambda: _assertion(info, aud="https://example.com/token"),
+        "too long-lived": lambda: _assertion(info, exp=now + 7200),
+        "expired": lambda: _assertion(info, iat=now - 4000, exp=now - 400),
+        "issued in the future": lambda: _assertion(info, iat=now + 600, exp=now + 1200),
+        "unknown issuer": lambda: _assertion(info, iss="someone@else.iam.gserviceaccount.com"),
+    }[case]()
+    resp = _jwt_grant(client, assertion)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "invalid_grant"
+    assert resp.json()["error_description"].startswith(description)
+
+
+def test_assertion_without_scope_is_invalid_scope(client, emu):
+    info = json.loads(emu.service_account_path.read_text())
+    assertion = _assertion(info)
+    claims = google.auth.jwt.decode(assertion, verify=False)
+    del claims["scope"]
+    signer = google.auth.crypt.RSASigner.from_service_account_info(info)
+    resp = _jwt_grant(client, google.auth.jwt.encode(signer, claims).decode())
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_scope")
+
+
+def test_token_with_another_scope_is_forbidden(client, emu):
+    info = json.loads(emu.service_account_path.read_text())
+    resp = _jwt_grant(client, _assertion(info, scope="https://www.googleapis.com/auth/userinfo.email"))
+    other = resp.json()["access_token"]
+    answer = call(client, emu, body(), other)
+    assert answer.status_code == 403
+    assert answer.json()["error"]["status"] == "PERMISSION_DENIED"
+
+
+def test_authorized_user_refresh(emu, client):
+    info = json.loads(emu.authorized_user_path.read_text())
+    assert info["type"] == "authorized_user" and info["token_uri"] == f"{emu.url}/token"
+    # from_authorized_user_info always uses Google's token_uri, so build the credentials with ours
+    creds = google.oauth2.credentials.Credentials(
+        None, refresh_token=info["refresh_token"], client_id=info["client_id"],
+        client_secret=info["client_secret"], token_uri=info["token_uri"])
+    creds.refresh(HttpxRequest())
+    assert call(client, emu, body(), creds.token).status_code == 200
+
+    bad = client.post("/token", data={"grant_type": "refresh_token", "client_id": info["client_id"],
+                                      "client_secret": info["client_secret"], "refresh_token": "1//nope"})
+    assert (bad.status_code, bad.json()) == (400, {"error": "invalid_grant", "error_description": "Bad Request"})
+
+
+def test_service_account_key_file_format(emu):
+    info = json.loads(emu.service_account_path.read_text())
+    assert info["type"] == "service_account"
+    assert info["project_id"] == "modelmux-emulator"
+    assert info["client_email"] == "modelmux@modelmux-emulator.iam.gserviceaccount.com"
+    assert info["token_uri"] == f"{emu.url}/token"
+    assert info["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert emu.service_account_path.stat().st_mode & 0o077 == 0
+
+
+def test_expired_token_is_rejected(client, emu):
+    client.post("/_emulator/settings", json={"token_ttl": 1})
+    try:
+        info = json.loads(emu.service_account_path.read_text())
+        granted = _jwt_grant(client, _assertion(info)).json()
+    finally:
+        client.post("/_emulator/settings", json={"token_ttl": 3600})
+    assert granted["expires_in"] == 1
+    assert call(client, emu, body(), granted["access_token"]).status_code == 200
+    time.sleep(1.1)
+    assert call(client, emu, body(), granted["access_token"]).status_code == 401
+
+
+# --- auth and routing on the model endpoints -----------------------------------------------------------------
+
+GOOGLE_401 = {"error": {"code": 401, "message": emu_module.UNAUTHENTICATED_MESSAGE, "status": "UNAUTHENTICATED"}}
+
+
+@pytest.mark.parametrize("bearer", [None, "ya29.forged", ""])
+def test_missing_or_bad_token_is_401(client, emu, bearer):
+    resp = call(client, emu, body(), bearer)
+    assert resp.status_code == 401
+    assert resp.json() == GOOGLE_401
+
+
+def test_static_accepted_token(client, emu):
+    assert call(client, emu, body(), STATIC_TOKEN).status_code == 200
+
+
+def test_auth_is_checked_before_model_and_body(client, emu):
+    assert call(client, emu, {"bad": 1}, None, model="claude-nope@1").status_code == 401
+
+
+def test_unknown_model_is_404(client, emu, token):
+    resp = call(client, emu, body(), token, model="claude-nope@20990101", location="europe-west1")
+    assert resp.status_code == 404
+    assert resp.json() == {"error": {"code": 404, "status": "NOT_FOUND", "message":
+                                     "Publisher Model `projects/p1/locations/europe-west1/publishers/anthropic/"
+                                     "models/claude-nope@20990101` not found."}}
+
+
+def test_percent_encoded_model_id(client, emu, token):
+    resp = call(client, emu, body(), token, model="claude-sonnet-4-5%4020250929")
+    assert resp.status_code == 200
+    assert resp.json()["model"] == "claude-sonnet-4-5-20250929"
+
+
+def test_unknown_path_is_google_404(client):
+    resp = client.get("/v1/nothing")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["status"] == "NOT_FOUND"
+
+
+# --- body rules ----------------------------------------------------------------------------------------------
+
+def _user(content: Any) -> dict:
+    return {"role": "user", "content": content}
+
+
+def _tool_loop(call_id: str = "toolu_1", answer_id: str = "toolu_1", thinking: bool = False) -> list[dict]:
+    first = [{"type": "thinking", "thinking": "hmm", "signature": "sig"}] if thinking else []
+    return [_user("weather?"),
+            {"role": "assistant", "content": first + [{"type": "tool_use", "id": call_id, "name": "weather",
+                                                       "input": {}}]},
+            _user([{"type": "tool_result", "tool_use_id": answer_id, "content": "sunny"}])]
+
+
+IMAGE_B64 = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+BODY_RULES: list[tuple[str, Any, str]] = [
+    ("not an object", [], "Input should be a valid dictionary"),
+    ("model key", body(model="claude"), "model: Extra inputs are not permitted"),
+    ("unknown key", body(n=2), "n: Extra inputs are not permitted"),
+    ("no version", body(anthropic_version=DROP), "anthropic_version: Field required"),
+    ("bad version", body(anthropic_version="bedrock-2023-05-31"), "anthropic_version: Input should be"),
+    ("2026 temperature", body(anthropic_version="2026-10-21", temperature=1), "temperature: Extra inputs"),
+    ("2026 top_k", body(anthropic_version="2026-10-21", top_k=5), "top_k: Extra inputs"),
+    ("no max_tokens", body(max_tokens=DROP), "max_tokens: Field required"),
+    ("max_tokens 0", body(max_tokens=0), "max_tokens: Input should be greater than or equal to 1"),
+    ("max_tokens string", body(max_tokens="5"), "max_tokens: Input should be a valid integer"),
+    ("max_tokens over cap", body(max_tokens=64001),
+     "max_tokens: 64001 > 64000, which is the maximum allowed number of output tokens for claude-sonnet-4-5-20250929"),
+    ("no messages", body(messages=DROP), "messages: Field required"),
+    ("empty messages", body(messages=[]), "messages: at least one message is required"),
+    ("bad role", body(messages=[{"role": "system", "content": "x"}]), "messages.0.role: Input should be"),
+    ("empty string", body(messages=[_user("")]), "messages: text content blocks must be non-empty"),
+    ("empty list", body(messages=[_user([])]), "messages.0.content: List should have at least 1 item"),
+    ("empty text block", body(messages=[_user([{"type": "text", "text": ""}])]),
+     "messages: text content blocks must be non-empty"),
+    ("whitespace text", body(messages=[_user([{"type": "text", "text": " \n"}])]),
+     "messages: text content blocks must contain non-whitespace text"),
+    ("unknown block", body(messages=[_user([{"type": "audio"}])]), "messages.0.content.0: Input tag 'audio'"),
+    ("image url", body(messages=[_user([{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}])]),
+     "messages.0.content.0.source: URL sources are not supported"),
+    ("image media type",
+     body(messages=[_user([{"type": "image", "source": {**IMAGE_B64, "media_type": "image/bmp"}}])]),
+     "messages.0.content.0.source.media_type"),
+    ("document url", body(messages=[_user([{"type": "document", "source": {"type": "url", "url": "https://x"}}])]),
+     "messages.0.content.0.source: URL sources are not supported"),
+    ("system empty block", body(system=[{"type": "text", "text": ""}]),
+     "system: text content blocks must be non-empty"),
+    ("system non-text", body(system=[{"type": "image", "source": IMAGE_B64}]), "system.0.type: Input should be 'text'"),
+    ("temperature > 1", body(temperature=1.5), "temperature: Input should be less than or equal to 1"),
+    ("temperature string", body(temperature="hot"), "temperature: Input should be a valid number"),
+    ("top_p > 1", body(top_p=2), "top_p: Input should be less than or equal to 1"),
+    ("temperature and top_p", body(temperature=0.5, top_p=0.9),
+     "`temperature` and `top_p` cannot both be specified for this model. Please use only one."),
+    ("stop_sequences string", body(stop_sequences="END"), "stop_sequences: Input should be a valid list"),
+    ("whitespace stop", body(stop_sequences=["END", " \n"]), "stop_sequences: each stop sequence must contain"),
+    ("user_id email", body(metadata={"user_id": "ann@example.com"}), "metadata.user_id:"),
+    ("user_id phone", body(metadata={"user_id": "+1 (555) 123-4567"}), "metadata.user_id:"),
+    ("tool name", body(tools=[{"name": "fs.read", "input_schema": {"type": "object"}}]),
+     "tools.0.name: String should match pattern"),
+    ("tool_use id", body(messages=_tool_loop("functions.search:0", "functions.search:0")),
+     "messages.1.content.0.id: String should match pattern"),
+    ("orphan tool_result", body(messages=[_user("hi"), {"role": "assistant", "content": "hello"},
+                                          _user([{"type": "tool_result", "tool_use_id": "toolu_2"}])]),
+     "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
+    ("unanswered tool_use", body(messages=_tool_loop()[:2] + [_user("go on")]),
+     "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_1"),
+    ("stream on rawPredict", body(stream=True), "stream:"),
+    ("thinking budget", body(thinking={"type": "enabled", "budget_tokens": 500}),
+     "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"),
+    ("thinking over max_tokens", body(thinking=THINKING, max_tokens=1024), "`max_tokens` must be greater than"),
+    ("thinking forced tool", body(thinking=THINKING, max_tokens=2000, tool_choice={"type": "any"}),
+     "Thinking may not be enabled when tool_choice forces tool use."),
+    ("thinking dropped in tool loop", body(thinking=THINKING, max_tokens=2000, messages=_tool_loop()),
+     "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`"),
+]
+
+
+@pytest.mark.parametrize("payload, message", [(p, m) for _, p, m in BODY_RULES], ids=[n for n, _, _ in BODY_RULES])
+def test_body_rule(client, emu, token, payload, message):
+    resp = call(client, emu, payload, token)
+    assert resp.status_code == 400, resp.text
+    answer = resp.json()
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["message"].startswith(message), answer["error"]["message"]
+
+
+def test_stream_flag_required_on_stream_endpoint(client, emu, token):
+    resp = call(client, emu, body(), token, method="streamRawPredict")
+    assert resp.status_code == 400 and resp.json()["error"]["message"].startswith("stream:")
+
+
+@pytest.mark.parametrize("payload", [
+    body(temperature=0.5, top_p=0.9),  # allowed together on an older model
+    body(messages=_tool_loop()),
+    body(thinking=THINKING, max_tokens=2000, messages=_tool_loop(thinking=True)),
+    body(messages=[_user([{"type": "image", "source": IMAGE_B64}, {"type": "text", "text": "what is it"}])]),
+    body(system="be brief", stop_sequences=["x"], metadata={"user_id": "3f2a9c"}, top_k=3,
+         tools=[{"name": "weather", "input_schema": {"type": "object"}}], tool_choice={"type": "auto"}),
+])
+def test_valid_bodies_are_accepted(client, emu, token, payload):
+    resp = call(client, emu, payload, token, model="claude-3-5-haiku@20241022")
+    assert resp.status_code == 200, resp.text
+
+
+def test_oversized_request_is_413(client, emu, token):
+    huge = body(messages=[_user("x" * emu_module.MAX_BODY_BYTES)])
+    resp = call(client, emu, huge, token)
+    assert resp.status_code == 413
+    assert resp.json()["error"]["type"] == "request_too_large"
+
+
+# --- replies -------------------------------------------------------------------------------------------------
+
+def test_non_streamed_reply(client, emu, token):
+    payload = body(system=[{"type": "text", "text": "Be brief."}],
+                   messages=[_user("first question"), {"role": "assistant", "content": "an answer"},
+                             _user([{"type": "text", "text": "hello"}, {"type": "text", "text": "big  world"}])])
+    resp = call(client, emu, payload, token, model="claude-opus-4-5@20251101")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("application/json")
+    answer = resp.json()
+    assert re.fullmatch(r"msg_vrtx_[A-Za-z0-9]{24}", answer.pop("id"))
+    assert answer == {
+        "type": "message", "role": "assistant", "model": "claude-opus-4-5-20251101",
+        "content": [{"type": "text", "text": "You said: hello big world"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 2 + 2 + 2 + 3, "output_tokens": 5,
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+
+
+def test_stop_sequence_cuts_before_it(client, emu, token):
+    answer = call(client, emu, body(stop_sequences=["zzz", "there"]), token).json()
+    assert answer["content"] == [{"type": "text", "text": "You said: hello "}]
+    assert (answer["stop_reason"], answer["stop_sequence"]) == ("stop_sequence", "there")
+    assert answer["usage"]["output_tokens"] == 3
+
+
+def test_max_tokens_cuts_words(client, emu, token):
+    answer = call(client, emu, body(max_tokens=3), token).json()
+    assert answer["content"] == [{"type": "text", "text": "You said: hello "}]  # the first 3 deltas, unchanged
+    assert (answer["stop_reason"], answer["stop_sequence"]) == ("max_tokens", None)
+    assert answer["usage"]["output_tokens"] == 3
+
+
+def _events(raw: str) -> list[tuple[str, dict]]:
+    assert raw.endswith("\n\n")
+    events = []
+    for chunk in raw[:-2].split("\n\n"):
+        name_line, data_line = chunk.split("\n")
+        assert name_line.startswith("event: ") and data_line.startswith("data: ")
+        events.append((name_line[7:], json.loads(data_line[6:])))
+    return events
+
+
+def test_streamed_framing(client, emu, token):
+    resp = client.post(emu.model_url(method="streamRawPredict"), json=body(stream=True),
+                       headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert "content-encoding" not in resp.headers
+    events = _events(resp.text)
+    names = [n for n, _ in events]
+    assert names == ["message_start", "ping", "content_block_start"] + ["content_block_delta"] * 5 + [
+        "content_block_stop", "message_delta", "message_stop"]
+    assert all(data["type"] == name for name, data in events)
+    start = events[0][1]["message"]
+    assert re.fullmatch(r"msg_vrtx_[A-Za-z0-9]{24}", start["id"])
+    assert (start["content"], start["stop_reason"], start["model"]) == ([], None, "claude-sonnet-4-5-20250929")
+    assert start["usage"] == {"input_tokens": 3, "output_tokens": 1, "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": 0}
+    assert events[2][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    deltas = [d["delta"] for n, d in events if n == "content_block_delta"]
+    assert [d["text"] for d in deltas] == ["You ", "said: ", "hello ", "there ", "world"]
+    assert all(d["type"] == "text_delta" for d in deltas)
+    assert events[-2][1] == {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": 5}}
+
+
+def test_streamed_max_tokens(client, emu, token):
+    resp = call(client, emu, body(stream=True, max_tokens=2), token, method="streamRawPredict")
+    events = _events(resp.text)
+    assert [d["delta"]["text"] for n, d in events if n == "content_block_delta"] == ["You ", "said: "]
+    assert events[-2][1]["delta"]["stop_reason"] == "max_tokens"
+
+
+def test_pacing_spreads_events(client, emu, token):
+    assert client.post("/_emulator/settings", json={"pace_ms": 100}).json()["pace_ms"] == 100
+    try:
+        arrivals = []
+        with client.stream("POST", emu.model_url(method="streamRawPredict"), json=body(stream=True, max_tokens=1),
+                           headers={"Authorization": f"Bearer {token}"}) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("event: "):
+                    arrivals.append(time.monotonic())
+    finally:
+        client.post("/_emulator/settings", json={"pace_ms": 0})
+    assert len(arrivals) == 7
+    assert arrivals[-1] - arrivals[0] >= 0.3
+    logged = client.get("/_emulator/requests").json()[-1]["response"]["events"]
+    assert [e["event"] for e in logged][:2] == ["message_start", "ping"] and len(logged) == 7
+    assert logged[-1]["t_ms"] - logged[0]["t_ms"] >= 300
+
+
+def test_client_disconnect_mid_stream(client, emu, token):
+    client.post("/_emulator/settings", json={"pace_ms": 50})
+    try:
+        with client.stream("POST", emu.model_url(method="streamRawPredict"), json=body(stream=True),
+                           headers={"Authorization": f"Bearer {token}"}) as resp:
+            next(resp.iter_raw())
+        time.sleep(0.3)  # the emulator notices on its next write
+    finally:
+        client.post("/_emulator/settings", json={"pace_ms": 0})
+    assert client.get("/_emulator/health").json() == {"ok": True}
+    assert "Traceback" not in emu.stderr_path.read_text()
+
+
+# --- admin ---------------------------------------------------------------------------------------------------
+
+def test_request_log_redacts_token(client, emu, token):
+    assert client.delete("/_emulator/requests").status_code == 200
+    call(client, emu, body(), token)
+    call(client, emu, body(), "ya29.forged")
+    log = client.get("/_emulator/requests").json()
+    assert [(e["status"], e["authorized"]) for e in log] == [(200, True), (401, False)]
+    first = log[0]
+    assert first["path"] == "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/" + MODEL + ":rawPredict"
+    assert (first["method"], first["body"]) == ("POST", body())
+    assert first["headers"]["Authorization"] == "Bearer <redacted>"
+    assert token not in json.dumps(log) and "ya29.forged" not in json.dumps(log)
+    assert first["response"]["body"]["content"] == [{"type": "text", "text": "You said: hello there world"}]
+    assert log[1]["response"]["body"] == GOOGLE_401
+    client.delete("/_emulator/requests")
+    assert client.get("/_emulator/requests").json() == []
+
+
+def test_settings_endpoint(client):
+    assert client.get("/_emulator/settings").json() == {"pace_ms": 0, "token_ttl": 3600}
+    assert client.post("/_emulator/settings", json={"pace_ms": -1}).status_code == 400
+    assert client.post("/_emulator/settings", json={"speed": 1}).status_code == 400
+
+
+# --- process -------------------------------------------------------------------------------------------------
+
+def test_in_process_start_and_stop():
+    async def scenario() -> tuple[int, str]:
+        running = await emu_module.start(accept_tokens=[STATIC_TOKEN])
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
+                resp = await c.post(
+                    f"{running.url}/v1/projects/p/locations/global/publishers/anthropic/models/{MODEL}:rawPredict",
+                    json=body(), headers={"Authorization": f"Bearer {STATIC_TOKEN}"})
+        finally:
+            await running.stop()
+        return resp.status_code, running.token_uri
+
+    status, token_uri = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert status == 200
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/token", token_uri)
+
+
+def test_trusted_key_and_clean_sigterm(tmp_path):
+    own = emu_module.new_service_account("trusted-project", "http://unused/token")
+    trusted = tmp_path / "trusted.json"
+    trusted.write_text(json.dumps(own))
+    running = _launch(tmp_path, "--trust", str(trusted))
+    try:
+        creds = service_account.Credentials.from_service_account_info(
+            {**own, "token_uri": f"{running.url}/token"}, scopes=SCOPES)
+        creds.refresh(HttpxRequest())
+        assert creds.token.startswith("ya29.emu-")
+    finally:
+        assert _stop(running.proc) == 0
+    assert "Traceback" not in running.stderr_path.read_text()
