@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import os
 import time
@@ -24,6 +25,8 @@ import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport
+import google.oauth2.credentials
+import google.oauth2.service_account
 import httpx
 
 from .config import AuthConfig
@@ -144,6 +147,8 @@ class TokenProvider:
                 self._credentials = self._load_credentials()
             self._credentials.refresh(self._transport)
         except google.auth.exceptions.DefaultCredentialsError as err:
+            if self._credentials_file:
+                raise AuthError(f"cannot load auth.credentials_file: {_safe(err)}") from None
             raise AuthError(f"no Google credentials found ({err}); set auth.credentials_file, "
                             f"GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`") from None
         except google.auth.exceptions.GoogleAuthError as err:
@@ -156,15 +161,28 @@ class TokenProvider:
         return token
 
     def _load_credentials(self) -> google.auth.credentials.Credentials:
-        if self._credentials_file:
-            creds, _ = google.auth.load_credentials_from_file(os.path.expanduser(self._credentials_file), scopes=SCOPES)
-        else:
+        if not self._credentials_file:
             creds, _ = google.auth.default(scopes=SCOPES, request=self._transport)
-        return creds
+            return creds
+        return load_key_file(os.path.expanduser(self._credentials_file))
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def load_key_file(path: str) -> google.auth.credentials.Credentials:
+    """A service-account or authorized-user JSON file. Other credential types (external_account, …) are refused:
+    google-auth's generic loader for them is deprecated as a security risk (a config file that runs commands
+    or fetches arbitrary URLs); use Application Default Credentials for those."""
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        return google.oauth2.service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+    if kind == "authorized_user":
+        return google.oauth2.credentials.Credentials.from_authorized_user_info(info, scopes=SCOPES)
+    raise ValueError(f"unsupported credential type {kind!r} (expected service_account or authorized_user)")
 
 
 def _safe(err: BaseException) -> str:
