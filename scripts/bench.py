@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "addon"))
 import httpx  # noqa: E402
 
 from modelmux.procs import EMULATOR_READY, PROXY_READY, Proc, free_port, wait_port  # noqa: E402
+from modelmux.translate.response import AnswerShape  # noqa: E402
 from modelmux.translate.stream import StreamTranslator  # noqa: E402
 
 MODEL = "claude-sonnet-4-5@20250929"
@@ -76,7 +77,7 @@ def translator_events_per_second(seconds: float = 2.0) -> float:
     events.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        t = StreamTranslator(model="gpt-4o", created=0, include_usage=True, fallback_id="x")
+        t = StreamTranslator(AnswerShape(model="gpt-4o", created=0, include_usage=True, fallback_id="x"))
         for e in events:  # one event per socket read: the worst case for per-call overhead
             t.feed(e)
         count += len(events)
@@ -127,12 +128,12 @@ def main() -> int:
                     httpx.Client(proxy=f"http://127.0.0.1:{regular}", verify=ca, trust_env=False, timeout=30,
                                  headers={"authorization": "Bearer sk-bench"}),
                     "https://api.openai.com/v1/chat/completions", OPENAI_BODY,
-                    "https://api.openai.com/v1/chat/completions", {**OPENAI_BODY, "stream": True}, b'"content":"w'),
+                    "https://api.openai.com/v1/chat/completions", {**OPENAI_BODY, "stream": True}, b'"content": "w'),
                 "modelmux reverse (base URL)": (
                     httpx.Client(trust_env=False, timeout=30, headers={"authorization": "Bearer sk-bench"}),
                     f"http://127.0.0.1:{reverse}/v1/chat/completions", OPENAI_BODY,
                     f"http://127.0.0.1:{reverse}/v1/chat/completions", {**OPENAI_BODY, "stream": True},
-                    b'"content":"w'),
+                    b'"content": "w'),
             }
             for name, (client, url, body, surl, sbody, marker) in clients.items():
                 with client:

@@ -1,7 +1,7 @@
 from openapi import validate_completion, validate_error
 
 from modelmux.translate.errors import from_upstream, from_stream_error
-from modelmux.translate.response import to_openai_response
+from modelmux.translate.response import AnswerShape, thinking_to_keep, to_openai_response
 
 MSG = {
     "id": "msg_vrtx_abc", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
@@ -12,7 +12,7 @@ MSG = {
 
 
 def test_message_to_completion():
-    out = to_openai_response(MSG, model="gpt-4o", created=1700000000, fallback_id="f")
+    out = to_openai_response(MSG, AnswerShape(model="gpt-4o", created=1700000000, fallback_id="f"))
     validate_completion(out)
     assert out["id"] == "chatcmpl-msg_vrtx_abc" and out["model"] == "gpt-4o" and out["created"] == 1700000000
     choice = out["choices"][0]
@@ -21,13 +21,13 @@ def test_message_to_completion():
     assert out["usage"]["total_tokens"] == 25 and out["usage"]["prompt_tokens_details"]["cached_tokens"] == 7
 
 
-def test_stop_reasons():
-    for stop, finish in [("max_tokens", "length"), ("stop_sequence", "stop"), ("tool_use", "tool_calls"),
+def test_pain16_stop_reasons():
+    for stop, finish in [("max_tokens", "length"), ("stop_sequence", "stop"),
                          ("refusal", "content_filter"), ("pause_turn", "stop"), (None, "stop")]:
-        out = to_openai_response({**MSG, "stop_reason": stop}, model="m", created=1, fallback_id="f")
+        out = to_openai_response({**MSG, "stop_reason": stop}, AnswerShape(model="m", created=1, fallback_id="f"))
         validate_completion(out)
         assert out["choices"][0]["finish_reason"] == finish
-    refused = to_openai_response({**MSG, "stop_reason": "refusal"}, model="m", created=1, fallback_id="f")
+    refused = to_openai_response({**MSG, "stop_reason": "refusal"}, AnswerShape(model="m", created=1, fallback_id="f"))
     assert refused["choices"][0]["message"]["content"] is None
     assert refused["choices"][0]["message"]["refusal"] == "Hello there"
 
@@ -63,3 +63,40 @@ def test_stream_error_event():
     err = from_stream_error({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     assert err.status == 529 and "Overloaded" in err.message and err.type == "server_error"
     validate_error(err.body())
+
+
+def test_pain15_tool_calls_with_restored_names_and_json_arguments():
+    msg = {**MSG, "stop_reason": "tool_use", "content": [
+        {"type": "thinking", "thinking": "need data", "signature": "sig"},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "github_search_1a2b3c4d", "input": {"q": "bug"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "ping", "input": {}}]}
+    shape = AnswerShape(model="m", created=1, fallback_id="f", tool_names={"github_search_1a2b3c4d": "github.search"},
+                        expose_reasoning=True)
+    out = to_openai_response(msg, shape)
+    validate_completion(out)
+    m = out["choices"][0]["message"]
+    assert out["choices"][0]["finish_reason"] == "tool_calls" and m["content"] == "Checking."
+    assert m["tool_calls"] == [
+        {"id": "toolu_1", "type": "function", "function": {"name": "github.search", "arguments": '{"q": "bug"}'}},
+        {"id": "toolu_2", "type": "function", "function": {"name": "ping", "arguments": "{}"}}]
+    assert m["reasoning_content"] == "need data"  # pain 21
+    assert "reasoning_content" not in to_openai_response(msg, AnswerShape(model="m", created=1, fallback_id="f"))[
+        "choices"][0]["message"]
+    assert thinking_to_keep(msg["content"]) == ("toolu_1", [msg["content"][0]])
+
+
+def test_pain12_json_tool_answer_is_plain_content_and_finish_stop():
+    msg = {**MSG, "stop_reason": "tool_use", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "json_response", "input": {"value": [1, 2]}}]}
+    out = to_openai_response(msg, AnswerShape(model="m", created=1, fallback_id="f", json_tool="json_response",
+                                              json_wrapped=True))
+    validate_completion(out)
+    assert out["choices"][0]["message"]["content"] == "[1, 2]" and out["choices"][0]["finish_reason"] == "stop"
+    assert "tool_calls" not in out["choices"][0]["message"]
+
+
+def test_pain18_usage_counts_cache_tokens():
+    out = to_openai_response(MSG, AnswerShape(model="m", created=1, fallback_id="f"))
+    assert out["usage"]["prompt_tokens"] == 10 + 7 + 3
+    assert out["usage"]["prompt_tokens_details"] == {"cached_tokens": 7, "cache_write_tokens": 3}

@@ -74,11 +74,24 @@ class InterceptConfig(_Strict):
         return tuple(h.strip().lower() for h in value if h.strip())
 
 
+class ReasoningConfig(_Strict):
+    expose: bool = False  # Claude's thinking → `reasoning_content` on messages and stream deltas
+
+
+class ImagesConfig(_Strict):
+    fetch: bool = True  # http(s) image URLs are fetched and inlined (Vertex takes base64 only)
+    max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)  # Anthropic's per-image limit
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    allow_private_networks: bool = False  # fetch from loopback/private addresses (tests, internal hosts)
+
+
 class Config(_Strict):
     vertex: VertexConfig
     auth: AuthConfig = AuthConfig()
     models: ModelsConfig = ModelsConfig()
     intercept: InterceptConfig = InterceptConfig()
+    reasoning: ReasoningConfig = ReasoningConfig()
+    images: ImagesConfig = ImagesConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..auth import TokenProvider
 from ..config import Config
+from ..thinking_cache import ThinkingCache
 from ..vertex import Router
 
 
@@ -24,6 +25,7 @@ class Snapshot:
 class Runtime:
     def __init__(self) -> None:
         self.current: Snapshot | None = None
+        self.thinking = ThinkingCache()  # outlives config reloads: a tool loop may span one
 
     def install(self, config: Config, tokens: TokenProvider | None = None) -> Snapshot:
         snap = Snapshot(config=config, router=Router(config), tokens=tokens or TokenProvider(config.auth),

@@ -22,10 +22,12 @@ from typing import Any
 from mitmproxy import http
 
 from ..auth import AuthError
+from ..images import fetch_images
 from ..translate.errors import OpenAIError, from_upstream, model_not_found
-from ..translate.request import parse_request, to_vertex_body
-from ..translate.response import to_openai_response
+from ..translate.request import inline_images, parse_request, to_vertex_body
+from ..translate.response import AnswerShape, thinking_to_keep, to_openai_response
 from ..translate.stream import StreamTranslator
+from ..thinking_cache import ThinkingCache
 from ..vertex import UnknownModel
 from .local_endpoints import error_response, json_response
 from .runtime import Runtime
@@ -59,7 +61,10 @@ class Translate:
                 route = snap.router.route(req.model)
             except UnknownModel:
                 raise model_not_found(req.model) from None
-            vreq = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version)
+            vreq = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version,
+                                  thinking_for=self.runtime.thinking.get)
+            if vreq.image_urls:
+                inline_images(vreq.body, await fetch_images(vreq.image_urls, snap.config.images))
         except OpenAIError as err:
             flow.response = error_response(err)
             return
@@ -76,9 +81,11 @@ class Translate:
             "vertex_model": route.vertex_model,
             "region": snap.config.vertex.region,
             "stream": vreq.stream,
-            "include_usage": vreq.include_usage,
-            "created": int(received),
-            "fallback_id": secrets.token_hex(12),
+            "shape": {  # AnswerShape's fields
+                "model": req.model, "created": int(received), "fallback_id": secrets.token_hex(12),
+                "tool_names": vreq.tool_names, "json_tool": vreq.json_tool, "json_wrapped": vreq.json_wrapped,
+                "include_usage": vreq.include_usage, "expose_reasoning": snap.config.reasoning.expose,
+            },
             "received": received,
         }
         flow.request.url = snap.router.url(route, stream=vreq.stream)
@@ -103,15 +110,14 @@ class Translate:
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if not (ex["stream"] and 200 <= resp.status_code < 300 and is_sse):
             return  # buffered: translated in `response`
-        translator = StreamTranslator(model=ex["requested_model"], created=ex["created"],
-                                      include_usage=ex["include_usage"], fallback_id=ex["fallback_id"])
+        translator = StreamTranslator(AnswerShape(**ex["shape"]))
         resp.headers.clear()
         resp.headers["content-type"] = "text/event-stream; charset=utf-8"
         resp.headers["cache-control"] = "no-cache"
         if resp.http_version.startswith("HTTP/1"):
             # the upstream's length (if any) is not ours: chunked framing, or HTTP/1 clients hang
             resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = _stream_callable(translator, ex)
+        resp.stream = _stream_callable(translator, ex, self.runtime.thinking)
 
     def response(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
@@ -130,9 +136,9 @@ class Translate:
                          f"({resp.headers.get('content-type', 'no content-type')}).", "server_error", None,
                     "bad_upstream_response"))
             else:
-                body = to_openai_response(msg, model=ex["requested_model"], created=ex["created"],
-                                          fallback_id=ex["fallback_id"])
-                flow.response = json_response(200, body)
+                if kept := thinking_to_keep(msg.get("content") or []):
+                    self.runtime.thinking.put(*kept)
+                flow.response = json_response(200, to_openai_response(msg, AnswerShape(**ex["shape"])))
         else:
             err = from_upstream(resp.status_code, resp.raw_content or b"", dict(resp.headers),
                                 model=ex["vertex_model"], region=ex["region"])
@@ -142,7 +148,7 @@ class Translate:
         ex["done"] = time.time()
 
 
-def _stream_callable(translator: StreamTranslator, ex: dict[str, Any]):
+def _stream_callable(translator: StreamTranslator, ex: dict[str, Any], thinking: ThinkingCache):
     """mitmproxy calls this per socket read, then once with b"" at the end. It must never raise (mitmproxy
     would drop that chunk silently) and never return b"" mid-stream (HTTP/1 would end the body)."""
 
@@ -155,8 +161,11 @@ def _stream_callable(translator: StreamTranslator, ex: dict[str, Any]):
                                               "server_error", None, "translation_failed"))
         if out and "first_chunk" not in ex:
             ex["first_chunk"] = time.time()
-        if not data:
+        if (translator.done or translator.failed) and "done" not in ex:
             ex["done"] = time.time()
+            # kept before [DONE] leaves: the client's next request in the tool loop may follow at once
+            if kept := translator.kept_thinking:
+                thinking.put(*kept)
         return [out] if out else []
 
     return stream

@@ -2,18 +2,17 @@
 
 `parse_request` validates the client's JSON (pydantic) and turns every problem into an OpenAI-shaped 400
 naming the parameter; `to_vertex_body` builds the body Vertex accepts (no `model` key, `anthropic_version`,
-`max_tokens` always set). Decisions, each documented in docs/mapping.md:
+`max_tokens` always set). Every field's treatment, and why, is in docs/mapping.md; the non-obvious ones:
 
-- system and developer messages, wherever they appear, become Anthropic `system` text blocks, in order;
-- consecutive same-role turns merge into one turn; empty text never becomes an empty block;
-- `max_completion_tokens` wins over `max_tokens`; either is clamped to the model's output cap; absent → a
-  per-model default below the cap;
-- `temperature` 0..1 passes unchanged, above 1 is clamped to 1 (Claude's range is 0..1);
-- `top_p` is dropped beside `temperature` for models that reject the pair;
-- `stop` → `stop_sequences`, whitespace-only ones dropped (Vertex rejects them);
-- `user` → `metadata.user_id` as a hash: Vertex rejects emails and phone numbers there.
-Features later issues translate (tools, non-data images, response_format, …) are rejected with a 400 naming
-the parameter rather than silently dropped.
+- leading system/developer messages become `system`; later ones stay in place as a user-turn text block, so
+  adding one never reshuffles the prefix before it (prompt caching keys on that prefix);
+- tool results become `tool_result` blocks in ONE user turn right after their assistant turn; a user message
+  that follows them joins that turn; an assistant tool call left without a result gets a synthesized error result;
+- tool names and tool-call ids Anthropic rejects are mapped deterministically (and names restored in answers);
+- http(s) image URLs are left as `url` sources for the caller to fetch and inline (`inline_images`): Vertex
+  accepts base64 only, and fetching is I/O;
+- `response_format` json_object / json_schema becomes a forced tool whose input is the answer (valid JSON that
+  matches the schema); the response translators turn it back into plain `content`.
 """
 
 from __future__ import annotations
@@ -21,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,13 +31,18 @@ from .errors import OpenAIError, invalid_request
 
 
 class _Open(BaseModel):
-    # OpenAI adds fields often; unknown ones are ignored unless listed as unsupported below.
+    # OpenAI adds fields often; unknown ones are accepted and ignored unless handled below.
     model_config = ConfigDict(extra="allow")
+
+
+class CacheBreakpoint(_Open):
+    mode: str = "explicit"
 
 
 class TextPart(_Open):
     type: Literal["text"]
     text: str
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class ImageURL(_Open):
@@ -48,6 +53,7 @@ class ImageURL(_Open):
 class ImagePart(_Open):
     type: Literal["image_url"]
     image_url: ImageURL
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class RefusalPart(_Open):
@@ -55,17 +61,75 @@ class RefusalPart(_Open):
     refusal: str
 
 
-ContentPart = TextPart | ImagePart | RefusalPart
+class FileData(_Open):
+    filename: str | None = None
+    file_data: str | None = None
+    file_id: str | None = None
+
+
+class FilePart(_Open):
+    type: Literal["file"]
+    file: FileData
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
+
+
+class AudioPart(_Open):
+    type: Literal["input_audio"]
+
+
+ContentPart = Annotated[TextPart | ImagePart | RefusalPart | FilePart | AudioPart, Field(discriminator="type")]
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Open):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+
+class FunctionDef(_Open):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: str
+    function: FunctionDef | None = None
 
 
 class StreamOptions(_Open):
     include_usage: bool | None = None
+
+
+class JsonSchemaFormat(_Open):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class CacheOptions(_Open):
+    ttl: str | None = None
 
 
 class ChatRequest(_Open):
@@ -80,21 +144,39 @@ class ChatRequest(_Open):
     stop: str | list[str] | None = None
     n: int | None = None
     user: str | None = None
+    safety_identifier: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    modalities: list[str] | None = None
+    prompt_cache_options: CacheOptions | None = None
 
 
-# Parameters whose meaning cannot be honoured yet: a 400 beats an answer the client did not ask for.
-_UNSUPPORTED = {
-    "tools": "tool calling",
-    "tool_choice": "tool calling",
-    "functions": "function calling",
-    "function_call": "function calling",
-    "response_format": "response_format",
-    "logprobs": "logprobs",
-    "top_logprobs": "logprobs",
-    "audio": "audio output",
-    "prediction": "predicted outputs",
-    "web_search_options": "web search",
+# Fields whose meaning Claude cannot honour: a 400 beats an answer the client did not ask for.
+_REJECTED: dict[str, str] = {
+    "functions": "The deprecated `functions` parameter is not supported; use `tools`.",
+    "function_call": "The deprecated `function_call` parameter is not supported; use `tool_choice`.",
+    "audio": "Audio output is not supported by Claude.",
+    "web_search_options": "Web search is not supported through modelmux.",
 }
+
+# reasoning_effort → thinking budget (tokens). OpenAI's max_completion_tokens includes reasoning, as
+# Anthropic's max_tokens includes thinking, so the budget is taken out of the same allowance.
+EFFORT_BUDGETS: dict[str, int] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768,
+                                  "max": 63999}
+MIN_THINKING_BUDGET = 1024
+
+JSON_TOOL = "json_response"
+_NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$")
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(.*)$", re.S)
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+NO_RESULT_TEXT = "No result was provided for this tool call (it is missing from the conversation history)."
 
 
 def _param(loc: tuple[Any, ...]) -> str:
@@ -103,8 +185,11 @@ def _param(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[...]", "none") or "[" in str(part) or str(part).startswith(("function-", "tagged-union")):
+        elif part in ("str", "list[...]", "none", "dict[str,any]") or "[" in str(part) or str(part).startswith(
+                ("function-", "tagged-union", "literal")):
             continue  # union branch names, not fields
+        elif part in ("text", "image_url", "refusal", "file", "input_audio") and out.endswith("]"):
+            continue  # the discriminator tag pydantic inserts for content parts
         else:
             out += ("." if out else "") + str(part)
     return out
@@ -121,33 +206,138 @@ def parse_request(raw: bytes) -> ChatRequest:
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
+        # for a union (string or parts) the deepest location is the branch the client meant
+        first = max(err.errors(), key=lambda e: len(e["loc"]))
         param = _param(first["loc"])
         raise invalid_request(f"Invalid value for '{param}': {first['msg']}.", param=param or None) from None
-    for key in data:
-        if key in _UNSUPPORTED and data[key] not in (None, False):
-            raise invalid_request(f"'{key}' ({_UNSUPPORTED[key]}) is not supported by modelmux yet.", param=key,
-                                  code="unsupported_parameter")
+    for key, message in _REJECTED.items():
+        if data.get(key) not in (None, False, [], {}):
+            raise invalid_request(message, param=key, code="unsupported_parameter")
     if req.n not in (None, 1):
         raise invalid_request("Claude returns one choice per request: 'n' must be 1.", param="n",
                               code="unsupported_parameter")
-    if data.get("modalities") not in (None, ["text"]):
+    if req.logprobs or req.top_logprobs:
+        name = "logprobs" if req.logprobs else "top_logprobs"
+        raise invalid_request("Claude does not return log probabilities.", param=name, code="unsupported_parameter")
+    if req.logit_bias:
+        raise invalid_request("Claude does not support logit_bias.", param="logit_bias", code="unsupported_parameter")
+    if req.modalities not in (None, ["text"]):
         raise invalid_request("Only text output is supported: 'modalities' must be [\"text\"].", param="modalities",
                               code="unsupported_parameter")
     return req
 
 
-@dataclass(frozen=True)
+# --- names and ids ------------------------------------------------------------------------------------------
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def claude_tool_name(name: str) -> str:
+    """A name Anthropic accepts (`^[a-zA-Z0-9_-]{1,128}$`), the same every time for the same input: MCP-style
+    `server.tool`, `a/b`, `ns:fn` → `server_tool_1a2b3c4d` (the hash keeps `a.b` and `a_b` apart)."""
+    if _NAME_OK.match(name):
+        return name
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:119] + "_" + _digest(name)
+
+
+def claude_tool_id(ident: str) -> str:
+    """A tool-use id Anthropic accepts, deterministic so a call and its result still pair up."""
+    if _ID_OK.match(ident):
+        return ident
+    return "mm_" + re.sub(r"[^a-zA-Z0-9_-]", "_", ident)[:64] + "_" + _digest(ident)
+
+
+# --- the translation ---------------------------------------------------------------------------------------
+
+@dataclass
 class VertexRequest:
     body: dict[str, Any]
     stream: bool
     include_usage: bool
+    tool_names: dict[str, str] = field(default_factory=dict)  # Claude name → the client's name
+    json_tool: str | None = None  # the synthetic structured-output tool, answered as `content`
+    json_wrapped: bool = False  # a non-object schema was wrapped as {"value": …}
+    image_urls: list[str] = field(default_factory=list)  # http(s) images to fetch and inline before sending
+    thinking: bool = False
 
 
-_DATA_URL = re.compile(r"^data:(image/(?:png|jpeg|gif|webp));base64,(.+)$", re.S)
+ThinkingLookup = Callable[[str], list[dict[str, Any]] | None]
 
 
-def _blocks(msg: Message, index: int) -> list[dict[str, Any]]:
+class _Builder:
+    """Accumulates Anthropic turns; merges same-role runs and keeps tool results first in their user turn."""
+
+    def __init__(self) -> None:
+        self.turns: list[dict[str, Any]] = []
+        self.pending_calls: dict[str, str] = {}  # Claude id → param of the call, still waiting for its result
+
+    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if role == "assistant":
+            self.close_tool_round()
+        if self.turns and self.turns[-1]["role"] == role:
+            self.turns[-1]["content"].extend(blocks)
+        else:
+            self.turns.append({"role": role, "content": blocks})
+
+    def add_tool_result(self, block: dict[str, Any], param: str) -> None:
+        if block["tool_use_id"] not in self.pending_calls:
+            raise invalid_request("A tool message must answer a tool call of the assistant message just before it "
+                                  "(no such pending tool_call_id).", param=param)
+        del self.pending_calls[block["tool_use_id"]]
+        if self.turns and self.turns[-1]["role"] == "user":
+            turn = self.turns[-1]["content"]
+            # results go before any text of the same turn: Anthropic wants tool_result blocks first
+            at = sum(1 for b in turn if b["type"] == "tool_result")
+            turn.insert(at, block)
+        else:
+            self.turns.append({"role": "user", "content": [block]})
+
+    def close_tool_round(self) -> None:
+        """Calls the client left without results (trimmed history) get a synthesized error result, so the
+        conversation stays valid for Vertex instead of failing with a 400 the client cannot fix."""
+        for ident in list(self.pending_calls):
+            self.add_tool_result({"type": "tool_result", "tool_use_id": ident, "is_error": True,
+                                  "content": NO_RESULT_TEXT}, "")
+
+
+def _cache_control(part: Any, ttl: str | None) -> dict[str, Any] | None:
+    if getattr(part, "prompt_cache_breakpoint", None) is None:
+        return None
+    return {"type": "ephemeral", "ttl": "1h"} if ttl in ("1h", "24h") else {"type": "ephemeral"}
+
+
+def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
+    m = _DATA_URL.match(url)
+    if m:
+        media = m.group(1).lower()
+        if media not in IMAGE_TYPES:
+            raise invalid_request(f"Unsupported image type {media}: use png, jpeg, gif or webp.", param=param)
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
+    if url.startswith(("http://", "https://")):
+        image_urls.append(url)
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise invalid_request("An image URL must be a data: URL (base64) or an http(s) URL.", param=param)
+
+
+def _file_block(part: FilePart, param: str) -> dict[str, Any]:
+    data = part.file.file_data or ""
+    m = _DATA_URL.match(data)
+    if part.file.file_id or not m:
+        raise invalid_request("Files must be sent inline as file_data (a base64 data: URL); uploaded file ids "
+                              "are not available to Claude.", param=param, code="unsupported_parameter")
+    media = m.group(1).lower()
+    if media == "application/pdf":
+        return {"type": "document", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
+    if media in IMAGE_TYPES:
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
+    raise invalid_request(f"Unsupported file type {media}: Claude reads PDF documents and images.", param=param)
+
+
+def _content_blocks(msg: Message, index: int, ttl: str | None, image_urls: list[str],
+                    allow_media: bool) -> list[dict[str, Any]]:
     """A message's content as Anthropic blocks; empty text yields none."""
     content = msg.content
     if content is None:
@@ -156,22 +346,256 @@ def _blocks(msg: Message, index: int) -> list[dict[str, Any]]:
         return [{"type": "text", "text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
+        param = f"messages[{index}].content[{j}]"
         if isinstance(part, TextPart):
-            if part.text.strip():
-                blocks.append({"type": "text", "text": part.text})
+            if not part.text.strip():
+                continue
+            block: dict[str, Any] = {"type": "text", "text": part.text}
         elif isinstance(part, RefusalPart):
-            if part.refusal.strip():
-                blocks.append({"type": "text", "text": part.refusal})
+            if not part.refusal.strip():
+                continue
+            block = {"type": "text", "text": part.refusal}
+        elif isinstance(part, AudioPart):
+            raise invalid_request("Audio input is not supported by Claude.", param=param,
+                                  code="unsupported_parameter")
+        elif not allow_media:
+            raise invalid_request(f"{part.type} parts are only allowed in user and tool messages.", param=param)
         elif isinstance(part, ImagePart):
-            param = f"messages[{index}].content[{j}].image_url"
-            if msg.role != "user":
-                raise invalid_request("Images are only allowed in user messages.", param=param)
-            m = _DATA_URL.match(part.image_url.url)
-            if not m:
-                raise invalid_request("Only base64 data: URLs (png, jpeg, gif, webp) are supported for images yet.",
-                                      param=param, code="unsupported_parameter")
-            blocks.append({"type": "image", "source": {"type": "base64", "media_type": m.group(1), "data": m.group(2)}})
+            block = _image_block(part.image_url.url, param + ".image_url.url", image_urls)
+        else:
+            block = _file_block(part, param + ".file")
+        if cc := _cache_control(part, ttl):
+            block["cache_control"] = cc
+        blocks.append(block)
     return blocks
+
+
+def _tool_use_blocks(msg: Message, index: int, thinking_for: ThinkingLookup | None
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(recalled thinking blocks, tool_use blocks) of an assistant message."""
+    uses: list[dict[str, Any]] = []
+    for j, call in enumerate(msg.tool_calls or []):
+        param = f"messages[{index}].tool_calls[{j}].function.arguments"
+        try:
+            args = json.loads(call.function.arguments) if call.function.arguments.strip() else {}
+        except ValueError:
+            raise invalid_request("Tool call arguments must be a JSON object.", param=param) from None
+        if not isinstance(args, dict):
+            raise invalid_request("Tool call arguments must be a JSON object.", param=param)
+        uses.append({"type": "tool_use", "id": claude_tool_id(call.id), "name": claude_tool_name(call.function.name),
+                     "input": args})
+    # Claude's thinking (with its signature) must precede its tool calls when the loop continues; OpenAI
+    # clients drop it, so it is recalled from what modelmux kept when the calls were made.
+    kept = thinking_for(uses[0]["id"]) if uses and thinking_for is not None else None
+    return list(kept or []), uses
+
+
+def _tool_result_block(msg: Message, index: int, ttl: str | None, image_urls: list[str]) -> dict[str, Any]:
+    if not msg.tool_call_id:
+        raise invalid_request("A tool message needs its tool_call_id.", param=f"messages[{index}].tool_call_id")
+    inner = _content_blocks(msg, index, ttl, image_urls, allow_media=True)
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": claude_tool_id(msg.tool_call_id)}
+    if inner:
+        block["content"] = inner
+    return block
+
+
+def _tools(req: ChatRequest) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    tools: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    for i, tool in enumerate(req.tools or []):
+        if tool.type != "function" or tool.function is None:
+            raise invalid_request(f"Only function tools are supported (got '{tool.type}').", param=f"tools[{i}].type",
+                                  code="unsupported_parameter")
+        fn = tool.function
+        name = claude_tool_name(fn.name)
+        if name in names:
+            raise invalid_request(f"Duplicate tool name '{fn.name}'.", param=f"tools[{i}].function.name")
+        names[name] = fn.name
+        schema = fn.parameters if fn.parameters else {"type": "object", "properties": {}}
+        entry: dict[str, Any] = {"name": name, "input_schema": schema}
+        if fn.description:
+            entry["description"] = fn.description
+        tools.append(entry)
+    return tools, names
+
+
+def _tool_choice(req: ChatRequest, names: dict[str, str], tools: list[dict[str, Any]]) -> dict[str, Any] | None:
+    choice = req.tool_choice
+    if choice is None:
+        result = None
+    elif choice == "none":
+        result = {"type": "none"}
+    elif choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name")
+        if not isinstance(name, str) or claude_tool_name(name) not in names:
+            raise invalid_request(f"tool_choice names a function that is not in tools: {name!r}.",
+                                  param="tool_choice.function.name")
+        result = {"type": "tool", "name": claude_tool_name(name)}
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools") or {}
+        keep = {claude_tool_name((t.get("function") or {}).get("name", "")) for t in allowed.get("tools") or []}
+        tools[:] = [t for t in tools if t["name"] in keep]
+        result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
+    else:
+        raise invalid_request("tool_choice must be none, auto, required, a function or allowed_tools.",
+                              param="tool_choice")
+    if result is not None and result["type"] != "none" and not tools:
+        raise invalid_request("tool_choice is only allowed when tools are specified.", param="tool_choice")
+    if req.parallel_tool_calls is False and tools:
+        result = result or {"type": "auto"}
+        if result["type"] != "none":
+            result["disable_parallel_tool_use"] = True
+    return result
+
+
+def _json_output(req: ChatRequest, tools: list[dict[str, Any]], names: dict[str, str]) -> tuple[str | None, bool]:
+    """response_format json → a tool whose input is the answer. Returns (tool name, wrapped?)."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None, False
+    name = JSON_TOOL
+    while name in names:
+        name += "_"
+    wrapped = False
+    if fmt.type == "json_object":
+        schema: dict[str, Any] = {"type": "object"}
+        description = "Give your final answer by calling this tool; its input is the answer, a JSON object."
+    else:
+        js = fmt.json_schema
+        if js is None or js.schema_ is None:
+            raise invalid_request("response_format json_schema needs a schema.", param="response_format.json_schema")
+        schema = js.schema_
+        if schema.get("type") != "object":  # Claude's tool input must be an object
+            schema, wrapped = {"type": "object", "properties": {"value": schema}, "required": ["value"]}, True
+        description = ("Give your final answer by calling this tool; its input is the answer. "
+                       + (js.description or f"Format: {js.name}."))
+    tools.append({"name": name, "description": description, "input_schema": schema})
+    return name, wrapped
+
+
+def _max_tokens(req: ChatRequest, vertex_model: str) -> tuple[int, bool]:
+    """(max_tokens, chosen by the client?)"""
+    cap = models.output_cap(vertex_model)
+    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if requested is None:
+        return models.default_max_tokens(vertex_model), False
+    if requested < 1:
+        name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        raise invalid_request(f"'{name}' must be at least 1.", param=name)
+    return min(requested, cap), True
+
+
+def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, *,
+                   thinking_for: ThinkingLookup | None = None) -> VertexRequest:
+    ttl = req.prompt_cache_options.ttl if req.prompt_cache_options else None
+    image_urls: list[str] = []
+    system: list[dict[str, Any]] = []
+    b = _Builder()
+    for i, msg in enumerate(req.messages):
+        role = msg.role
+        if role in ("system", "developer"):
+            blocks = _content_blocks(msg, i, ttl, image_urls, allow_media=False)
+            if not b.turns:
+                system.extend(blocks)
+            else:  # in place, as the user's: the prefix before it stays byte-identical
+                b.add("user", [{**x, "text": f"<{role}>\n{x['text']}\n</{role}>"} for x in blocks])
+        elif role == "user":
+            b.close_tool_round()
+            b.add("user", _content_blocks(msg, i, ttl, image_urls, allow_media=True))
+        elif role == "assistant":
+            text = _content_blocks(msg, i, ttl, image_urls, allow_media=False)
+            if not text and msg.refusal and msg.refusal.strip():
+                text = [{"type": "text", "text": msg.refusal}]
+            thought, calls = _tool_use_blocks(msg, i, thinking_for)
+            b.add("assistant", thought + text + calls)  # thinking first, as Claude produced it
+            for j, call in enumerate(calls):
+                b.pending_calls[call["id"]] = f"messages[{i}].tool_calls[{j}]"
+        elif role == "tool":
+            b.add_tool_result(_tool_result_block(msg, i, ttl, image_urls), f"messages[{i}].tool_call_id")
+        else:
+            raise invalid_request("The deprecated `function` role is not supported; use tool messages.",
+                                  param=f"messages[{i}].role", code="unsupported_parameter")
+    b.close_tool_round()
+    if not b.turns:
+        raise invalid_request("The conversation needs at least one user or assistant message with content.",
+                              param="messages")
+
+    body: dict[str, Any] = {"anthropic_version": anthropic_version, "messages": b.turns}
+    if system:
+        body["system"] = system
+    tools, names = _tools(req)
+    choice = _tool_choice(req, names, tools)
+    json_tool, wrapped = _json_output(req, tools, names)
+    if json_tool:
+        if choice is not None and choice["type"] == "none":
+            tools[:] = [t for t in tools if t["name"] == json_tool]  # no client tool may be called
+        if len(tools) == 1:
+            choice = {"type": "tool", "name": json_tool}
+        elif choice is None or choice["type"] == "auto":
+            # the final answer must come through the JSON tool; client tools stay callable before it
+            choice = {"type": "any", **{k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}}
+        names[json_tool] = json_tool
+    if tools:
+        body["tools"] = tools
+    if choice is not None:
+        body["tool_choice"] = choice
+
+    max_tokens, chosen = _max_tokens(req, vertex_model)
+    thinking = _thinking_budget(req, choice, b.turns, max_tokens, chosen, vertex_model, thinking_for)
+    if thinking:
+        budget, max_tokens = thinking
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    body["max_tokens"] = max_tokens
+
+    # The newer anthropic_version rejects sampling parameters even at their defaults; thinking requires the
+    # default temperature.
+    if anthropic_version == "vertex-2023-10-16" and not thinking:
+        if req.temperature is not None:
+            body["temperature"] = min(req.temperature, 1.0)
+        if req.top_p is not None and not (req.temperature is not None
+                                          and models.rejects_temperature_with_top_p(vertex_model)):
+            body["top_p"] = req.top_p
+
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    stops = [s for s in stops if s.strip()]
+    if stops:
+        body["stop_sequences"] = stops
+    if req.user or req.safety_identifier:
+        body["metadata"] = {"user_id": _hash_user(req.safety_identifier or req.user or "")}
+    stream = bool(req.stream)
+    if stream:
+        body["stream"] = True
+    include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
+    return VertexRequest(body=body, stream=stream, include_usage=include_usage, tool_names=names,
+                         json_tool=json_tool, json_wrapped=wrapped, image_urls=image_urls, thinking=bool(thinking))
+
+
+def _thinking_budget(req: ChatRequest, choice: dict[str, Any] | None, turns: list[dict[str, Any]], max_tokens: int,
+                     chosen: bool, vertex_model: str, thinking_for: ThinkingLookup | None) -> tuple[int, int] | None:
+    """(budget, max_tokens) when thinking is on, else None. Off: no effort asked, `none`, a forced tool
+    (Anthropic rejects thinking with it), or a tool loop whose earlier thinking modelmux no longer has."""
+    effort = req.reasoning_effort
+    if effort is None or effort == "none":
+        return None
+    if choice is not None and choice["type"] in ("any", "tool"):
+        return None
+    last_assistant = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
+    if last_assistant and any(x["type"] == "tool_use" for x in last_assistant["content"]) \
+            and last_assistant["content"][0]["type"] not in ("thinking", "redacted_thinking"):
+        return None
+    budget = EFFORT_BUDGETS[effort]
+    cap = models.output_cap(vertex_model)
+    if not chosen:  # no client limit: room for the thinking on top of the default answer length
+        max_tokens = min(cap, max_tokens + budget)
+    budget = min(budget, max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        return None  # the client's limit leaves no room for Claude's minimum thinking budget
+    return budget, max_tokens
 
 
 def _hash_user(user: str) -> str:
@@ -179,65 +603,15 @@ def _hash_user(user: str) -> str:
     return "user-" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
-def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str) -> VertexRequest:
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for i, msg in enumerate(req.messages):
-        if msg.role in ("system", "developer"):
-            system.extend(b for b in _blocks(msg, i) if b["type"] == "text")
-            continue
-        if msg.role in ("tool", "function"):
-            raise invalid_request("Tool messages (tool calling) are not supported by modelmux yet.",
-                                  param=f"messages[{i}].role", code="unsupported_parameter")
-        if msg.role == "assistant" and getattr(msg, "tool_calls", None):
-            raise invalid_request("Assistant tool_calls (tool calling) are not supported by modelmux yet.",
-                                  param=f"messages[{i}].tool_calls", code="unsupported_parameter")
-        blocks = _blocks(msg, i)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == msg.role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": msg.role, "content": blocks})
-    if not turns:
-        raise invalid_request("The conversation needs at least one user or assistant message with content.",
-                              param="messages")
-
-    body: dict[str, Any] = {"anthropic_version": anthropic_version, "messages": turns}
-    if system:
-        body["system"] = system
-
-    cap = models.output_cap(vertex_model)
-    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    if requested is not None and requested < 1:
-        name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        raise invalid_request(f"'{name}' must be at least 1.", param=name)
-    body["max_tokens"] = min(requested, cap) if requested is not None else models.default_max_tokens(vertex_model)
-
-    # The newer anthropic_version rejects sampling parameters even at their defaults.
-    if anthropic_version == "vertex-2023-10-16":
-        if req.temperature is not None:
-            body["temperature"] = min(req.temperature, 1.0)
-        if req.top_p is not None and not (req.temperature is not None and models.rejects_temperature_with_top_p(vertex_model)):
-            body["top_p"] = req.top_p
-
-    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-    stops = [s for s in stops if s.strip()]
-    if stops:
-        body["stop_sequences"] = stops
-    if req.user:
-        body["metadata"] = {"user_id": _hash_user(req.user)}
-    stream = bool(req.stream)
-    if stream:
-        body["stream"] = True
-    include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
-    return VertexRequest(body=body, stream=stream, include_usage=include_usage)
+def inline_images(body: dict[str, Any], fetched: dict[str, tuple[str, str]]) -> None:
+    """Replace `url` image sources with the fetched (media_type, base64 data), in place."""
+    for turn in body["messages"]:
+        for block in turn["content"]:
+            for b in [block, *(block.get("content") or [] if block["type"] == "tool_result" else [])]:
+                if isinstance(b, dict) and b.get("type") == "image" and b["source"].get("type") == "url":
+                    media, data = fetched[b["source"]["url"]]
+                    b["source"] = {"type": "base64", "media_type": media, "data": data}
 
 
-def translate_request(raw: bytes, vertex_model_for: Any, anthropic_version: str) -> tuple[ChatRequest, VertexRequest]:
-    """parse + route + build; `vertex_model_for(requested_name) -> vertex id` may raise OpenAIError."""
-    req = parse_request(raw)
-    return req, to_vertex_body(req, vertex_model_for(req.model), anthropic_version)
-
-
-__all__ = ["ChatRequest", "VertexRequest", "OpenAIError", "parse_request", "to_vertex_body", "translate_request"]
+__all__ = ["ChatRequest", "VertexRequest", "OpenAIError", "parse_request", "to_vertex_body", "inline_images",
+           "claude_tool_name", "claude_tool_id", "JSON_TOOL"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 # Anthropic stop_reason → OpenAI finish_reason. pause_turn (a server tool paused a long turn) has no OpenAI
@@ -17,7 +19,23 @@ FINISH_REASONS: dict[str, str] = {
 }
 
 
-def finish_reason(stop_reason: str | None) -> str:
+@dataclass(frozen=True)
+class AnswerShape:
+    """What the answer must look like for this client, fixed when the request was translated."""
+
+    model: str  # echoed: the name the client asked for
+    created: int
+    fallback_id: str
+    tool_names: dict[str, str] = field(default_factory=dict)  # Claude name → the client's name
+    json_tool: str | None = None  # its input is the answer's `content`
+    json_wrapped: bool = False  # that input is {"value": answer}
+    include_usage: bool = False
+    expose_reasoning: bool = False  # thinking → `reasoning_content`
+
+
+def finish_reason(stop_reason: str | None, tool_calls: int = 0) -> str:
+    if stop_reason == "tool_use" and not tool_calls:  # only the JSON-answer tool was called
+        return "stop"
     return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
 
 
@@ -43,18 +61,52 @@ def usage(u: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def to_openai_response(msg: dict[str, Any], *, model: str, created: int, fallback_id: str) -> dict[str, Any]:
-    texts = [b.get("text", "") for b in msg.get("content") or [] if b.get("type") == "text"]
+def json_answer(tool_input: Any, wrapped: bool) -> str:
+    value = tool_input.get("value") if wrapped and isinstance(tool_input, dict) else tool_input
+    return json.dumps(value, ensure_ascii=False)
+
+
+def thinking_to_keep(content: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]] | None:
+    """(first tool_use id, the thinking blocks before it) — what must go back upstream with that call."""
+    thinking = [b for b in content if b.get("type") in ("thinking", "redacted_thinking")]
+    first_call = next((b for b in content if b.get("type") == "tool_use"), None)
+    if not thinking or first_call is None:
+        return None
+    return first_call["id"], thinking
+
+
+def to_openai_response(msg: dict[str, Any], shape: AnswerShape) -> dict[str, Any]:
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in msg.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "tool_use" and block.get("name") == shape.json_tool:
+            texts.append(json_answer(block.get("input"), shape.json_wrapped))
+        elif kind == "tool_use":
+            name = block.get("name", "")
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": shape.tool_names.get(name, name),
+                                       "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
+        elif kind == "thinking":
+            reasoning.append(block.get("thinking", ""))
     text = "".join(texts)
     stop_reason = msg.get("stop_reason")
     message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None, "annotations": []}
+    if calls:
+        message["tool_calls"] = calls
+    if shape.expose_reasoning and reasoning:
+        message["reasoning_content"] = "".join(reasoning)
     if stop_reason == "refusal":  # OpenAI puts a refusal in `refusal`, never in `content`
         message["content"], message["refusal"] = None, text or "The model declined to answer."
     return {
-        "id": completion_id(msg.get("id"), fallback_id),
+        "id": completion_id(msg.get("id"), shape.fallback_id),
         "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(stop_reason)}],
+        "created": shape.created,
+        "model": shape.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": finish_reason(stop_reason, len(calls))}],
         "usage": usage(msg.get("usage")),
     }

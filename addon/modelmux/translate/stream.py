@@ -6,6 +6,9 @@ as OpenAI produces it:
 
 - one role chunk first (`delta: {"role": "assistant", "content": ""}`), one stable id, `created` in seconds;
 - a content chunk per text delta, forwarded the moment its event is complete (no coalescing);
+- tool calls: one index per call (0, 1, …); id, type and name only on its first chunk, then argument
+  fragments; a call with no arguments still ends as `"{}"`; names restored to the client's;
+- the JSON-answer tool (response_format) streams as `content`; thinking as `reasoning_content` when exposed;
 - `finish_reason` exactly once, on the last choice chunk; then, when `include_usage`, a chunk with
   `choices: []` and usage; then `data: [DONE]`;
 - an upstream `error` event → `data: {"error": {...}}`, which the OpenAI SDKs raise; no `[DONE]` after it;
@@ -22,18 +25,18 @@ import json
 from typing import Any
 
 from .errors import OpenAIError, from_stream_error
-from .response import completion_id, finish_reason, usage
+from .response import AnswerShape, completion_id, finish_reason, json_answer, usage
 
 _dumps = json.dumps
 _loads = json.loads
 
+# content block kinds
+_TEXT, _TOOL, _JSON, _THINKING, _OTHER = range(5)
+
 
 class StreamTranslator:
-    def __init__(self, *, model: str, created: int, include_usage: bool, fallback_id: str):
-        self.model = model
-        self.created = created
-        self.include_usage = include_usage
-        self.fallback_id = fallback_id
+    def __init__(self, shape: AnswerShape):
+        self.shape = shape
         self._buf = b""
         self._prefix = ""  # rendered once the id is known (message_start)
         self._started = False
@@ -41,8 +44,20 @@ class StreamTranslator:
         self.failed: OpenAIError | None = None
         self._stop_reason: str | None = None
         self._usage: dict[str, Any] = {}
+        self._blocks: dict[int, list[Any]] = {}  # upstream index → [kind, openai tool index, saw arguments?]
+        self._tool_calls = 0
+        self._json_parts: list[str] = []
+        self._thinking: list[dict[str, Any]] = []  # kept for the tool loop (see kept_thinking)
+        self._first_tool_id: str | None = None
         self.events_in = 0
         self.chunks_out = 0
+
+    @property
+    def kept_thinking(self) -> tuple[str, list[dict[str, Any]]] | None:
+        """(first tool call id, thinking blocks) to send back upstream when the client continues the loop."""
+        if self._thinking and self._first_tool_id:
+            return self._first_tool_id, self._thinking
+        return None
 
     # --- public -------------------------------------------------------------------------------------------
 
@@ -90,27 +105,27 @@ class StreamTranslator:
             try:
                 event = _loads(data)
                 kind = event.get("type")
+                if not self._started and kind in ("content_block_start", "content_block_delta", "message_stop"):
+                    self._start({}, parts)  # content before message_start: keep the stream well-formed
                 if kind == "content_block_delta":
-                    delta = event["delta"]
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        if not self._started:  # content before message_start: keep the stream well-formed
-                            self._start({}, parts)
-                        parts.append(self._chunk('{"content":' + _dumps(delta["text"]) + "}"))
+                    self._delta(event, parts)
+                elif kind == "content_block_start":
+                    self._block_start(event, parts)
+                elif kind == "content_block_stop":
+                    self._block_stop(event, parts)
                 elif kind == "message_start":
                     self._start(event.get("message") or {}, parts)
                 elif kind == "message_delta":
                     self._stop_reason = (event.get("delta") or {}).get("stop_reason") or self._stop_reason
                     self._usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
                 elif kind == "message_stop":
-                    if not self._started:
-                        self._start({}, parts)
                     self._stop(parts)
                     break
                 elif kind == "error":
                     self.failed = from_stream_error(event)
                     parts.append(f"data: {_dumps(self.failed.body())}\n\n")
                     break
-            except (ValueError, KeyError, TypeError, AttributeError) as err:
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
                 self.failed = OpenAIError(502, f"Vertex AI sent an unreadable stream event: {type(err).__name__}",
                                           "server_error", None, "bad_upstream_event")
                 parts.append(f"data: {_dumps(self.failed.body())}\n\n")
@@ -118,14 +133,88 @@ class StreamTranslator:
         self.chunks_out += len(parts)
         return "".join(parts).encode() if parts else b""
 
+    def _delta(self, event: dict[str, Any], parts: list[str]) -> None:
+        delta = event["delta"]
+        dtype = delta.get("type")
+        if dtype == "text_delta":
+            if delta.get("text"):
+                parts.append(self._chunk('{"content": ' + _dumps(delta["text"]) + "}"))
+            return
+        block = self._blocks.get(event.get("index", 0))
+        if dtype == "input_json_delta" and block is not None:
+            fragment = delta.get("partial_json") or ""
+            if not fragment:
+                return
+            if block[0] == _TOOL:
+                block[2] = True
+                parts.append(self._chunk('{"tool_calls": [{"index": ' + str(block[1])
+                                         + ', "function": {"arguments": ' + _dumps(fragment) + "}}]}"))
+            elif block[0] == _JSON:
+                if self.shape.json_wrapped:  # the wrapper is removed once the whole input is known
+                    self._json_parts.append(fragment)
+                else:
+                    parts.append(self._chunk('{"content": ' + _dumps(fragment) + "}"))
+        elif dtype == "thinking_delta" and block is not None:
+            text = delta.get("thinking") or ""
+            block[1]["thinking"] += text
+            if text and self.shape.expose_reasoning:
+                parts.append(self._chunk('{"reasoning_content": ' + _dumps(text) + "}"))
+        elif dtype == "signature_delta" and block is not None:
+            block[1]["signature"] = block[1].get("signature", "") + (delta.get("signature") or "")
+
+    def _block_start(self, event: dict[str, Any], parts: list[str]) -> None:
+        index = event.get("index", 0)
+        cb = event.get("content_block") or {}
+        btype = cb.get("type")
+        if btype == "tool_use":
+            name = cb.get("name", "")
+            if self._first_tool_id is None:
+                self._first_tool_id = cb.get("id")
+            if name == self.shape.json_tool:
+                self._blocks[index] = [_JSON, None, False]
+                return
+            k = self._tool_calls
+            self._tool_calls += 1
+            self._blocks[index] = [_TOOL, k, False]
+            call = {"index": k, "id": cb.get("id"), "type": "function",
+                    "function": {"name": self.shape.tool_names.get(name, name), "arguments": ""}}
+            parts.append(self._chunk('{"tool_calls": [' + _dumps(call) + "]}"))
+        elif btype == "thinking":
+            kept = {"type": "thinking", "thinking": cb.get("thinking") or "", "signature": cb.get("signature") or ""}
+            self._thinking.append(kept)
+            self._blocks[index] = [_THINKING, kept, False]
+        elif btype == "redacted_thinking":
+            self._thinking.append(dict(cb))
+            self._blocks[index] = [_OTHER, None, False]
+        elif btype == "text":
+            self._blocks[index] = [_TEXT, None, False]
+            if cb.get("text"):
+                parts.append(self._chunk('{"content": ' + _dumps(cb["text"]) + "}"))
+        else:
+            self._blocks[index] = [_OTHER, None, False]
+
+    def _block_stop(self, event: dict[str, Any], parts: list[str]) -> None:
+        block = self._blocks.get(event.get("index", 0))
+        if block is None:
+            return
+        if block[0] == _TOOL and not block[2]:  # a call without arguments is still valid JSON for the client
+            parts.append(self._chunk('{"tool_calls": [{"index": ' + str(block[1])
+                                     + ', "function": {"arguments": "{}"}}]}'))
+        elif block[0] == _JSON and self.shape.json_wrapped:
+            text = "".join(self._json_parts)
+            self._json_parts = []
+            answer = json_answer(_loads(text) if text.strip() else {}, True)
+            parts.append(self._chunk('{"content": ' + _dumps(answer) + "}"))
+
     def _start(self, message: dict[str, Any], parts: list[str]) -> None:
         if self._started:
             return
         self._started = True
         self._usage.update(message.get("usage") or {})
-        ident = completion_id(message.get("id"), self.fallback_id)
-        head = {"id": ident, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
-        # '{"id":…,"model":…,"choices":[{"index":0,"delta":' — the delta and the tail are appended per chunk
+        ident = completion_id(message.get("id"), self.shape.fallback_id)
+        head = {"id": ident, "object": "chat.completion.chunk", "created": self.shape.created,
+                "model": self.shape.model}
+        # '{"id":…,"model":…, "choices": [{"index": 0, "delta": ' — the delta and the tail follow per chunk
         self._prefix = "data: " + _dumps(head)[:-1] + ', "choices": [{"index": 0, "delta": '
         parts.append(self._chunk('{"role": "assistant", "content": ""}'))
 
@@ -134,8 +223,8 @@ class StreamTranslator:
         return self._prefix + delta_json + tail
 
     def _stop(self, parts: list[str]) -> None:
-        parts.append(self._chunk("{}", finish_reason(self._stop_reason)))
-        if self.include_usage:
+        parts.append(self._chunk("{}", finish_reason(self._stop_reason, self._tool_calls)))
+        if self.shape.include_usage:
             parts.append(self._prefix.split(', "choices"', 1)[0] + ', "choices": [], "usage": '
                          + _dumps(usage(self._usage)) + "}\n\n")
         parts.append("data: [DONE]\n\n")
