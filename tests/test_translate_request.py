@@ -249,7 +249,8 @@ def test_ignored_parameters_change_nothing():
     plain = vertex(body()).body
     for kw in ({"seed": 1}, {"frequency_penalty": 0.5}, {"presence_penalty": 0.5}, {"store": True},
                {"metadata": {"a": "b"}}, {"service_tier": "auto"}, {"prediction": {"type": "content", "content": "x"}},
-               {"verbosity": "low"}, {"prompt_cache_key": "k"}, {"n": 1}, {"logprobs": False}):
+               {"verbosity": "low"}, {"prompt_cache_key": "k"}, {"n": 1}, {"logprobs": False},
+               {"prompt_cache_retention": "24h"}, {"moderation": None}, {"stream_options": {"include_obfuscation": False}}):
         assert vertex(body(**kw)).body == plain, kw
 
 
