@@ -168,3 +168,28 @@ def test_pain21_thinking_streams_as_reasoning_content_and_is_kept_for_the_tool_l
     assert t.kept_thinking == ("toolu_A", [{"type": "thinking", "thinking": "Let me think.", "signature": "SIG"}])
     chunks, _ = run_shape(events)  # not exposed unless configured
     assert not any("reasoning_content" in c["choices"][0]["delta"] for c in chunks if c["choices"])
+
+
+RICH = sse(START,
+           {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+           {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "思考 🤔"}},
+           {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "S1"}},
+           {"type": "content_block_stop", "index": 0},
+           *tool_events(index=1, fragments=('{"q": "', 'naïve ', '日本"}')),
+           *tool_events(name="ping", tid="toolu_B", index=2, fragments=()),
+           {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}},
+           {"type": "message_stop"}, crlf=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(RICH)), max_size=60))
+def test_pain19_any_split_of_a_tool_and_thinking_stream_gives_the_same_output(cuts):
+    def run(pieces):
+        t = StreamTranslator(AnswerShape(model="m", created=1, fallback_id="f", include_usage=True,
+                                         expose_reasoning=True))
+        return b"".join(t.feed(p) for p in pieces) + t.finish(), t.kept_thinking
+
+    cuts = sorted(set(cuts))
+    whole = run([RICH])
+    assert run([RICH[a:b] for a, b in zip([0, *cuts], [*cuts, len(RICH)])]) == whole
+    validate_openai_sse(whole[0])
