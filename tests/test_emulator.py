@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import google.auth.jwt
 import google.auth.transport
 import google.oauth2.credentials
 import httpx
+import jsonschema
 import pytest
 from google.oauth2 import service_account
 
@@ -368,6 +370,13 @@ BODY_RULES: list[tuple[str, Any, str]] = [
      "Thinking may not be enabled when tool_choice forces tool use."),
     ("thinking dropped in tool loop", body(thinking=THINKING, max_tokens=2000, messages=_tool_loop()),
      "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`"),
+    ("forged thinking signature", body(messages=_tool_loop(thinking=True)),
+     "messages.1.content.0: Invalid `signature` in `thinking` block"),
+    ("cache_control type", body(system=[{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]),
+     "system.0.cache_control.type: Input should be 'ephemeral'"),
+    ("five cache breakpoints", body(system=[{"type": "text", "text": f"s{k}", "cache_control": {"type": "ephemeral"}}
+                                            for k in range(5)]),
+     "A maximum of 4 blocks with cache_control may be provided. Found 5."),
 ]
 
 
@@ -388,7 +397,11 @@ def test_stream_flag_required_on_stream_endpoint(client, emu, token):
 @pytest.mark.parametrize("payload", [
     body(temperature=0.5, top_p=0.9),  # allowed together on an older model
     body(messages=_tool_loop()),
-    body(thinking=THINKING, max_tokens=2000, messages=_tool_loop(thinking=True)),
+    body(thinking=THINKING, max_tokens=2000,  # redacted thinking is opaque: taken as is
+         messages=[_user("weather?"), {"role": "assistant", "content": [
+             {"type": "redacted_thinking", "data": "opaque"},
+             {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}]},
+             _user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}])]),
     body(messages=[_user([{"type": "image", "source": IMAGE_B64}, {"type": "text", "text": "what is it"}])]),
     body(system="be brief", stop_sequences=["x"], metadata={"user_id": "3f2a9c"}, top_k=3,
          tools=[{"name": "weather", "input_schema": {"type": "object"}}], tool_choice={"type": "auto"}),
@@ -508,6 +521,361 @@ def test_client_disconnect_mid_stream(client, emu, token):
         client.post("/_emulator/settings", json={"pace_ms": 0})
     assert client.get("/_emulator/health").json() == {"ok": True}
     assert "Traceback" not in emu.stderr_path.read_text()
+
+
+# --- the fake model: tools, thinking, prompt cache, faults ---------------------------------------------------
+
+WEATHER = {"name": "weather", "description": "Weather at a place", "input_schema": {
+    "type": "object", "required": ["city"], "properties": {
+        "city": {"type": "string", "minLength": 12}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14}, "hourly": {"type": "boolean"}}}}
+SEARCH = {"name": "search", "input_schema": {"type": "object", "properties": {
+    "query": {"type": "string"}, "filters": {"$ref": "#/$defs/Filters"}},
+    "$defs": {"Filters": {"type": "object", "properties": {"sites": {"type": "array", "items": {"type": "string"},
+                                                                     "minItems": 2}}}}}}
+PING = {"name": "ping", "input_schema": {"type": "object"}}
+TOOLS = [WEATHER, SEARCH, PING]
+SCHEMAS = {t["name"]: t["input_schema"] for t in TOOLS}
+TOOL_ID = r"toolu_[A-Za-z0-9]{24}"
+
+
+def _stream(client: httpx.Client, emu: Running, token: str, payload: dict) -> httpx.Response:
+    return call(client, emu, {**payload, "stream": True}, token, method="streamRawPredict")
+
+
+def _assemble(events: list[tuple[str, dict]]) -> dict:
+    """The message a streaming client rebuilds from the events, the way the anthropic SDK does."""
+    message: dict = {}
+    partial: dict[int, str] = {}
+    for name, data in events:
+        if name == "message_start":
+            message = data["message"]
+        elif name == "content_block_start":
+            message["content"].append(dict(data["content_block"]))
+        elif name == "content_block_delta":
+            block, delta = message["content"][data["index"]], data["delta"]
+            if delta["type"] == "input_json_delta":
+                partial[data["index"]] = partial.get(data["index"], "") + delta["partial_json"]
+            else:
+                key = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}[
+                    delta["type"]]
+                block[key] = block.get(key, "") + delta[key]
+        elif name == "content_block_stop" and data["index"] in partial:
+            message["content"][data["index"]]["input"] = json.loads(partial[data["index"]] or "{}")
+        elif name == "message_delta":
+            message.update(data["delta"])
+            message["usage"]["output_tokens"] = data["usage"]["output_tokens"]
+    return message
+
+
+def _answer(client: httpx.Client, emu: Running, token: str, payload: dict, stream: bool) -> dict:
+    """The message as the JSON answer carries it, or as rebuilt from the streamed answer."""
+    resp = _stream(client, emu, token, payload) if stream else call(client, emu, payload, token)
+    assert resp.status_code == 200, resp.text
+    return _assemble(_events(resp.text)) if stream else resp.json()
+
+
+def _comparable(message: dict) -> dict:
+    """The message with its random ids blanked: two answers to one request then compare equal."""
+    return json.loads(re.sub(r"\b(msg_vrtx|toolu)_[A-Za-z0-9]{24}\b", r"\1_ID", json.dumps(message)))
+
+
+def _deltas(events: list[tuple[str, dict]], kind: str) -> list[dict]:
+    return [d["delta"] for n, d in events if n == "content_block_delta" and d["delta"]["type"] == kind]
+
+
+@pytest.mark.parametrize("schema, expected", [
+    ({"type": "object", "required": ["city"], "properties": {
+        "city": {"type": "string"}, "count": {"type": "integer"}, "ratio": {"type": "number"},
+        "ok": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "at": {"type": "object", "properties": {"lat": {"type": "number"}}}, "nothing": {"type": "null"}}},
+     {"city": "city-value", "count": 42, "ratio": 4.5, "ok": True, "tags": ["tags-value"], "at": {"lat": 4.5},
+      "nothing": None}),
+    ({"type": "object", "properties": {"unit": {"type": "string", "enum": ["c", "f"]}, "v": {"const": 3}}},
+     {"unit": "c", "v": 3}),
+    ({"type": "object", "properties": {
+        "a": {"type": "integer", "minimum": 100}, "b": {"type": "integer", "maximum": 10},
+        "c": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "d": {"type": "integer", "minimum": 1, "maximum": 5, "multipleOf": 2},
+        "e": {"type": "integer", "minimum": 1, "maximum": 14}, "f": {"type": "number", "minimum": -3, "maximum": 0},
+        "s": {"type": "string", "minLength": 12}, "t": {"type": "string", "maxLength": 3}}},
+     {"a": 100, "b": 10, "c": 0.5, "d": 4, "e": 14, "f": 0, "s": "s-valuexxxxx", "t": "t-v"}),
+    ({"type": "object", "properties": {
+        "three": {"type": "array", "items": {"type": "integer"}, "minItems": 3},
+        "none": {"type": "array", "maxItems": 0}, "pair": {"type": "array", "prefixItems": [
+            {"type": "string"}, {"type": "boolean"}]}}},
+     {"three": [42, 42, 42], "none": [], "pair": ["pair-value", True]}),
+    ({"type": "object", "properties": {"p": {"$ref": "#/$defs/Point"}, "q": {"$ref": "#/definitions/Q"}},
+      "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+      "definitions": {"Q": {"type": "string", "enum": ["q1"]}}},
+     {"p": {"x": 42}, "q": "q1"}),
+    ({"type": "object", "properties": {  # pydantic's Optional, a oneOf, an allOf around a $ref
+        "a": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "b": {"oneOf": [{"type": "integer", "minimum": 50}, {"type": "string"}]},
+        "c": {"allOf": [{"$ref": "#/$defs/C"}], "description": "a C"}},
+      "$defs": {"C": {"type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}},
+     {"a": "a-value", "b": 50, "c": {"on": True}}),
+    ({"type": "object"}, {}),
+    ({"type": "object", "properties": {"n": {"type": ["null", "integer"]}, "when": {"type": "string",
+                                                                                   "format": "date-time"}}},
+     {"n": 42, "when": "2025-01-01T12:00:00Z"}),
+    ({"type": "object", "required": ["k"], "additionalProperties": {"type": "integer"}}, {"k": 42}),
+    ({"$schema": "http://json-schema.org/draft-04/schema#", "type": "object", "properties": {
+        "n": {"type": "integer", "minimum": 42, "exclusiveMinimum": True}}}, {"n": 43}),
+    ({"type": "object", "properties": {"tree": {"$ref": "#/$defs/Node"}}, "$defs": {"Node": {  # recursive
+        "type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}}},
+     None),
+], ids=["every property", "enum const", "bounds", "arrays", "refs", "anyOf oneOf allOf", "no properties",
+        "type list and format", "required only", "draft 4", "recursive"])
+def test_value_for_schema(schema, expected):
+    value = emu_module.value_for_schema(schema, schema)
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator(schema, format_checker=validator.FORMAT_CHECKER).validate(value)
+    if expected is not None:
+        assert value == expected
+
+
+def test_generate_is_pure():
+    payload = body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[_user("weather and search")])
+    once, twice = (emu_module.generate(payload, b"secret", "msg_vrtx_fixed") for _ in range(2))
+    assert once == twice
+    assert once.blocks[2].final["id"] != once.blocks[3].final["id"]
+
+
+@pytest.mark.parametrize("choice, said, names, intro", [
+    (DROP, "search the web, then the weather", ["search", "weather"], "I will call search, weather."),
+    ({"type": "auto"}, "ping and weather", ["ping", "weather"], "I will call ping, weather."),
+    ({"type": "auto", "disable_parallel_tool_use": True}, "search, weather", ["search"], "I will call search."),
+    ({"type": "auto"}, "hello there", [], None),
+    ({"type": "any"}, "the weather or a search", ["weather"], None),
+    ({"type": "any"}, "hello there", ["weather"], None),
+    ({"type": "tool", "name": "ping"}, "weather?", ["ping"], None),
+    ({"type": "none"}, "weather?", [], None),
+], ids=["absent", "auto", "auto not parallel", "auto no names", "any named", "any unnamed", "tool", "none"])
+def test_tool_choice(client, emu, token, choice, said, names, intro):
+    answer = call(client, emu, body(tools=TOOLS, tool_choice=choice, messages=[_user(said)]), token).json()
+    uses = [b for b in answer["content"] if b["type"] == "tool_use"]
+    texts = [b["text"] for b in answer["content"] if b["type"] == "text"]
+    assert [u["name"] for u in uses] == names
+    if names:
+        assert answer["stop_reason"] == "tool_use"
+        assert texts == ([intro] if intro else [])
+        assert answer["content"][-len(uses):] == uses  # text first, then the calls
+    else:
+        assert (answer["stop_reason"], texts) == ("end_turn", [f"You said: {said}"])
+    for use in uses:
+        assert re.fullmatch(TOOL_ID, use["id"])
+        jsonschema.validate(use["input"], SCHEMAS[use["name"]])
+    assert len({u["id"] for u in uses}) == len(uses)
+
+
+def test_tool_inputs_fill_every_property(client, emu, token):
+    answer = call(client, emu, body(tools=TOOLS, messages=[_user("weather, search")]), token).json()
+    inputs = {b["name"]: b["input"] for b in answer["content"] if b["type"] == "tool_use"}
+    assert inputs == {"weather": {"city": "city-valuexx", "unit": "celsius", "days": 14, "hourly": True},
+                      "search": {"query": "query-value", "filters": {"sites": ["sites-value", "sites-value"]}}}
+
+
+STREAM_CASES = {
+    "text": body(),
+    "tools": body(tools=TOOLS, messages=[_user("search and ping and weather")]),
+    "thinking and tools": body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[_user("weather please")]),
+    "forced tool": body(tools=TOOLS, tool_choice={"type": "tool", "name": "search"}),
+    "tool results": body(messages=_tool_loop()),
+    "unicode": body(messages=[_user("[[unicode]] please")]),
+}
+
+
+@pytest.mark.parametrize("payload", STREAM_CASES.values(), ids=STREAM_CASES.keys())
+def test_streamed_answer_rebuilds_the_json_answer(client, emu, token, payload):
+    events = _events(_stream(client, emu, token, payload).text)
+    answer = call(client, emu, payload, token).json()
+    assert _comparable(_assemble(events)) == _comparable(answer)
+    counted = [d for n, d in events if n == "content_block_delta" and d["delta"]["type"] != "signature_delta"]
+    assert answer["usage"]["output_tokens"] == len(counted)  # one token per delta, the signature aside
+
+
+def test_streamed_tool_calls(client, emu, token):
+    events = _events(_stream(client, emu, token, STREAM_CASES["tools"]).text)
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert starts[0] == {"type": "text", "text": ""}
+    assert [(s["type"], s["name"], s["input"]) for s in starts[1:]] == [
+        ("tool_use", "search", {}), ("tool_use", "ping", {}), ("tool_use", "weather", {})]
+    assert all(re.fullmatch(TOOL_ID, s["id"]) and set(s) == {"type", "id", "name", "input"} for s in starts[1:])
+    by_block: dict[int, list[str]] = {}
+    for name, data in events:
+        if name == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
+            by_block.setdefault(data["index"], []).append(data["delta"]["partial_json"])
+    search, ping, weather = by_block[1], by_block[2], by_block[3]
+    assert ping == [""]  # no arguments: one empty fragment, as the real API sends
+    for fragments in (search, weather):
+        assert len(fragments) > 3 and all(0 < len(f) <= 7 for f in fragments)
+        assert any(f.count('"') % 2 for f in fragments)  # cut inside strings too
+    jsonschema.validate(json.loads("".join(weather)), WEATHER["input_schema"])
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_tool_results_are_echoed(client, emu, token):
+    uses = [{"type": "tool_use", "id": f"toolu_{k}", "name": "weather", "input": {}} for k in range(3)]
+    results = [{"type": "tool_result", "tool_use_id": "toolu_0", "content": "sunny"},
+               {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True, "content": "no such city"},
+               {"type": "tool_result", "tool_use_id": "toolu_2", "content": [
+                   {"type": "text", "text": "a map"}, {"type": "image", "source": IMAGE_B64}]}]
+    payload = body(tools=TOOLS, messages=[_user("weather x3"), {"role": "assistant", "content": uses},
+                                          _user(results)])
+    for stream in (False, True):
+        answer = _answer(client, emu, token, payload, stream)
+        assert answer["content"] == [{"type": "text", "text": "Tool results: sunny | error: no such city | a map "
+                                                              "[image]"}]
+        assert answer["stop_reason"] == "end_turn"
+
+
+def test_thinking_round_trip(client, emu, token):
+    ask = _user("what is the weather in Paris")
+    first = call(client, emu, body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[ask]), token).json()
+    thinking, intro, use = first["content"]
+    assert thinking["thinking"] == "Thinking about: what is the weather in Paris"
+    assert len(base64.b64decode(thinking["signature"], validate=True)) == 32
+    assert (intro["text"], use["name"], first["stop_reason"]) == ("I will call weather.", "weather", "tool_use")
+
+    def follow_up(kept: dict) -> httpx.Response:
+        turn = {"role": "assistant", "content": [kept, intro, use]}
+        result = _user([{"type": "tool_result", "tool_use_id": use["id"], "content": "18C"}])
+        return call(client, emu, body(tools=TOOLS, thinking=THINKING, max_tokens=2000,
+                                      messages=[ask, turn, result]), token)
+
+    second = follow_up(thinking)
+    assert second.status_code == 200, second.text
+    assert [b.get("thinking") or b.get("text") for b in second.json()["content"]] == [
+        "Thinking about: the tool results", "Tool results: 18C"]
+    forged = follow_up({**thinking, "thinking": thinking["thinking"] + "!"})
+    assert forged.status_code == 400
+    assert forged.json()["error"] == {"type": "invalid_request_error",
+                                      "message": "messages.1.content.0: Invalid `signature` in `thinking` block"}
+
+
+def test_streamed_thinking_block(client, emu, token):
+    events = _events(_stream(client, emu, token, body(thinking=THINKING, max_tokens=2000)).text)
+    assert events[2][1]["content_block"] == {"type": "thinking", "thinking": ""}
+    block = [d["delta"] for n, d in events if n == "content_block_delta" and d["index"] == 0]
+    assert [d["type"] for d in block] == ["thinking_delta"] * 5 + ["signature_delta"]
+    assert "".join(d.get("thinking", "") for d in block) == "Thinking about: hello there world"
+    assert events[3 + len(block)] == ("content_block_stop", {"type": "content_block_stop", "index": 0})
+
+
+def test_max_tokens_cuts_tool_json_and_thinking(client, emu, token):
+    forced = body(tools=TOOLS, tool_choice={"type": "tool", "name": "weather"}, max_tokens=3)
+    answer = call(client, emu, forced, token).json()
+    assert (answer["stop_reason"], answer["usage"]["output_tokens"]) == ("max_tokens", 3)
+    assert [(b["type"], b["input"]) for b in answer["content"]] == [("tool_use", {})]  # cut JSON does not parse
+    events = _events(_stream(client, emu, token, forced).text)
+    assert "".join(d["partial_json"] for d in _deltas(events, "input_json_delta")) == '{"city": "city'
+    assert events[-2][1]["delta"]["stop_reason"] == "max_tokens"
+
+    long_ask = _user(" ".join(f"w{k}" for k in range(1100)))  # thinking longer than max_tokens
+    answer = call(client, emu, body(thinking=THINKING, max_tokens=1025, messages=[long_ask]), token).json()
+    [thought] = answer["content"]
+    assert (answer["stop_reason"], len(thought["thinking"].split())) == ("max_tokens", 1025)
+    again = body(messages=[long_ask, {"role": "assistant", "content": [thought]}, _user("go on")])
+    assert call(client, emu, again, token).status_code == 200  # the cut thought is signed as sent
+
+
+def test_prompt_cache_creation_then_read(client, emu, token):
+    rules = {"type": "text", "text": f"Stable rules number {time.time_ns()}", "cache_control": {"type": "ephemeral"}}
+    payload = body(system=[rules, {"type": "text", "text": "not cached"}], tools=[{**PING, "cache_control": {
+        "type": "ephemeral"}}])
+    first = call(client, emu, payload, token).json()["usage"]
+    assert first == {"input_tokens": 2 + 3, "output_tokens": 5, "cache_creation_input_tokens": 4,
+                     "cache_read_input_tokens": 0}
+    events = _events(_stream(client, emu, token, {**payload, "messages": [_user("another question")]}).text)
+    assert events[0][1]["message"]["usage"] == {"input_tokens": 2 + 2, "output_tokens": 1,
+                                                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4}
+    changed = {**payload, "system": [{**rules, "text": rules["text"] + "!"}]}
+    assert call(client, emu, changed, token).json()["usage"]["cache_creation_input_tokens"] == 4
+    on_message = body(messages=[_user([{"type": "text", "text": f"long doc {time.time_ns()}",
+                                        "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "q?"}])])
+    usages = [call(client, emu, on_message, token).json()["usage"] for _ in range(2)]
+    assert [(u["cache_creation_input_tokens"], u["cache_read_input_tokens"], u["input_tokens"]) for u in usages] == [
+        (3, 0, 1), (0, 3, 1)]
+
+
+def test_prompt_cache_is_bounded():
+    cache = emu_module.PromptCache(size=2)
+    assert [cache.use((key, 5)) for key in "abca"] == [emu_module.CacheUse(created=5)] * 4  # a was forgotten
+    assert cache.use(("a", 5)) == emu_module.CacheUse(read=5)
+    assert cache.use(None) == emu_module.CacheUse()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_refusal_pause_and_unicode_triggers(client, emu, token, stream):
+    refused = _answer(client, emu, token, body(messages=[_user("do it [[refusal]]")]), stream)
+    assert (refused["content"], refused["stop_reason"]) == ([{"type": "text", "text": "I can't help with that."}],
+                                                            "refusal")
+    paused = _answer(client, emu, token, body(tools=TOOLS, messages=[_user("weather [[pause]]")]), stream)
+    assert (paused["content"], paused["stop_reason"]) == ([{"type": "text", "text": "You said: weather [[pause]]"}],
+                                                          "pause_turn")
+    payload = body(messages=[_user("[[unicode]] hi")])
+    resp = _stream(client, emu, token, payload) if stream else call(client, emu, payload, token)
+    assert "世界".encode() in resp.content  # raw UTF-8, not \u escapes
+    assert _answer(client, emu, token, payload, stream)["content"][0]["text"] == (
+        "You said: [[unicode]] hi héllo 世界 🎉 ünïcödé")
+
+
+def test_streamed_frames_are_split_inside_a_character():
+    assert emu_module._split_inside_character("data: é!".encode()) == [b"data: \xc3", b"\xa9!"]
+    assert emu_module._split_inside_character(b"data: plain") == [b"data: plain"]
+
+
+def test_vertex_event_trigger(client, emu, token):
+    payload = body(messages=[_user("[[vertex-event]] hi")])
+    events = _events(_stream(client, emu, token, payload).text)
+    names = [n for n, _ in events]
+    at = names.index("vertex_event")
+    assert events[at][1] == {"type": "vertex_event", "foo": 1}
+    assert names[at - 1] == names[at + 1] == "content_block_delta" and names[-1] == "message_stop"
+    assert call(client, emu, payload, token).json()["content"][0]["text"] == "You said: [[vertex-event]] hi"
+
+
+def test_stream_error_trigger(client, emu, token):
+    payload = body(messages=[_user("[[stream-error:overloaded]] go")])
+    resp = _stream(client, emu, token, payload)
+    events = _events(resp.text)
+    assert resp.status_code == 200
+    assert [n for n, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
+                                      "content_block_delta", "error"]
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert events[-1][1] == overloaded
+    resp = call(client, emu, payload, token)
+    assert (resp.status_code, resp.json()) == (529, overloaded)
+
+
+def test_cut_trigger(client, emu, token):
+    payload = body(messages=[_user("[[cut]] go")])
+    events = _events(_stream(client, emu, token, payload).text)  # the body ends, complete, before message_stop
+    assert [n for n, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
+                                      "content_block_delta"]
+    answer = call(client, emu, payload, token).json()
+    assert (answer["content"][0]["text"], answer["stop_reason"]) == ("You said: [[cut]] go", "end_turn")
+
+
+@pytest.mark.parametrize("code, status", [(429, "RESOURCE_EXHAUSTED"), (500, "INTERNAL"), (503, "UNAVAILABLE"),
+                                          (403, "PERMISSION_DENIED"), (404, "NOT_FOUND"),
+                                          (400, "INVALID_ARGUMENT")])
+def test_status_trigger(client, emu, token, code, status):
+    error = {"error": {"code": code, "message": f"Injected error {code}", "status": status}}
+    for stream in (False, True):
+        payload = body(messages=[_user(f"please [[status:{code}]]")])
+        resp = _stream(client, emu, token, payload) if stream else call(client, emu, payload, token)
+        assert resp.status_code == code
+        assert resp.json() == ([error] if code == 429 else error)
+        assert "retry-after" not in resp.headers
+
+
+def test_triggers_in_tool_results(client, emu, token):
+    loop = _tool_loop()
+    loop[-1]["content"][0]["content"] = "[[status:503]]"
+    assert call(client, emu, body(messages=loop), token).status_code == 503
 
 
 # --- admin ---------------------------------------------------------------------------------------------------

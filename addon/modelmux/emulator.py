@@ -2,7 +2,10 @@
 
 It behaves like the real services where modelmux depends on them: Google-shaped auth and routing errors,
 Anthropic-shaped body errors (the rules in docs' Vertex notes), Anthropic's SSE framing. Replies are
-deterministic: "You said: " plus the last user message, one "token" per whitespace-separated word.
+deterministic: "You said: " plus the last user message, one "token" per whitespace-separated word; calls to the
+tools the user names (inputs valid against their schemas); "Tool results: …" after tool results; a signed thinking
+block when thinking is on; prompt-cache usage for cache_control prefixes; and the faults switched on by markers
+such as `[[status:429]]` in the last user turn (see Triggers).
 
 Run it with `python -m modelmux.emulator --port 0 --service-account-out sa.json`; embed it with `await start()`.
 """
@@ -14,8 +17,12 @@ import asyncio
 import base64
 import binascii
 import collections
+import functools
+import hashlib
+import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -64,7 +71,9 @@ class HttpError(Exception):
 
 
 _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                  405: "UNIMPLEMENTED", 413: "INVALID_ARGUMENT", 500: "INTERNAL"}
+                  405: "UNIMPLEMENTED", 409: "ABORTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+                  499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+                  504: "DEADLINE_EXCEEDED"}
 
 
 def google_error(code: int, message: str) -> HttpError:
@@ -264,6 +273,7 @@ TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 PHONE = re.compile(r"^\+?[\d\s().-]+$")
 MIN_THINKING_BUDGET = 1024
+MAX_CACHE_BREAKPOINTS = 4
 
 
 def _is_int(value: object) -> bool:
@@ -310,8 +320,9 @@ def _check_text(text: str, owner: str) -> None:
         raise InvalidRequest(f"{owner}: text content blocks must contain non-whitespace text")
 
 
-def validate_body(body: object, model: str, streaming: bool) -> dict:
-    """Apply Vertex's rules for a Claude request body; raise InvalidRequest with the API's message."""
+def validate_body(body: object, model: str, streaming: bool, secret: bytes) -> dict:
+    """Apply Vertex's rules for a Claude request body; raise InvalidRequest with the API's message. `secret`
+    signs this emulator's thinking blocks."""
     if not isinstance(body, dict):
         raise InvalidRequest("Input should be a valid dictionary or object to extract fields from")
     for key in body:
@@ -327,6 +338,8 @@ def validate_body(body: object, model: str, streaming: bool) -> dict:
     _check_metadata(body)
     _check_tools(body)
     _check_thinking(body)
+    _check_cache_control(body)
+    _check_signatures(body["messages"], secret)
     return body
 
 
@@ -610,7 +623,320 @@ def _check_thinking_kept(messages: list[dict]) -> None:
             f"https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
 
 
-# --- replies -------------------------------------------------------------------------------------------------
+def _cache_controls(body: dict) -> Iterator[tuple[str, object]]:
+    """(path, cache_control) of every tool, system block, message block and tool-result block that has one."""
+    def marks(blocks: list, path: str) -> Iterator[tuple[str, object]]:
+        for j, block in enumerate(blocks):
+            if block.get("cache_control") is not None:
+                yield f"{path}.{j}", block["cache_control"]
+            if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+                yield from marks(block["content"], f"{path}.{j}.content")
+
+    yield from marks(body.get("tools", []), "tools")
+    if isinstance(body.get("system"), list):
+        yield from marks(body["system"], "system")
+    for i, message in enumerate(body["messages"]):
+        yield from marks(_blocks(message["content"]), f"messages.{i}.content")
+
+
+def _check_cache_control(body: dict) -> None:
+    found = list(_cache_controls(body))
+    for path, control in found:
+        if _check_dict(control, f"{path}.cache_control").get("type") != "ephemeral":
+            raise InvalidRequest(f"{path}.cache_control.type: Input should be 'ephemeral'")
+    if len(found) > MAX_CACHE_BREAKPOINTS:
+        raise InvalidRequest(f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
+                             f"Found {len(found)}.")
+
+
+def _check_signatures(messages: list[dict], secret: bytes) -> None:
+    """Thinking blocks come back exactly as this emulator signed them (redacted ones are opaque: taken as is)."""
+    for i, message in enumerate(messages):
+        for j, block in enumerate(_blocks(message["content"])):
+            if block["type"] == "thinking" and not hmac.compare_digest(
+                    block["signature"].encode(), sign_thinking(secret, block["thinking"]).encode()):
+                raise InvalidRequest(f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+
+
+# --- the fake model ------------------------------------------------------------------------------------------
+
+UNICODE_SAMPLE = "héllo 世界 🎉 ünïcödé"
+REFUSAL_TEXT = "I can't help with that."
+FRAGMENT_SIZES = (5, 7, 2, 6, 3)  # tool JSON streams in pieces of these lengths, cut anywhere like the real API's
+MAX_SCHEMA_DEPTH = 8  # below this, objects get only their required properties: recursive schemas end
+MAX_REF_HOPS = 32
+FORMAT_EXAMPLES = {"date-time": "2025-01-01T12:00:00Z", "date": "2025-01-01", "time": "12:00:00Z",
+                   "email": "someone@example.com", "uri": "https://example.com/", "hostname": "example.com",
+                   "uuid": "123e4567-e89b-42d3-a456-426614174000", "ipv4": "192.0.2.1", "ipv6": "2001:db8::1"}
+STREAM_ERRORS = {"overloaded": (529, "overloaded_error", "Overloaded"),
+                 "api": (500, "api_error", "Internal server error")}
+INJECTED_STATUS = re.compile(r"\[\[status:(\d{3})\]\]")
+INJECTED_STREAM_ERROR = re.compile(r"\[\[stream-error:([a-z]+)\]\]")
+PROMPT_CACHE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """Switches written into the last user turn (its text or its tool results), so that tests can drive them
+    through an unmodified client: `[[refusal]]`, `[[pause]]`, `[[unicode]]`, `[[vertex-event]]`, `[[cut]]`,
+    `[[stream-error:overloaded|api]]`, `[[status:N]]` (400 ≤ N ≤ 599)."""
+    refusal: bool = False
+    pause: bool = False
+    unicode: bool = False
+    vertex_event: bool = False
+    cut: bool = False
+    stream_error: str | None = None  # a STREAM_ERRORS key
+    status: int | None = None
+
+
+def _last_user(body: dict) -> dict:
+    return next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": []})
+
+
+def find_triggers(body: dict) -> Triggers:
+    text = " ".join(_texts(_last_user(body)["content"]))
+    statuses = [int(code) for code in INJECTED_STATUS.findall(text) if 400 <= int(code) <= 599]
+    errors = [kind for kind in INJECTED_STREAM_ERROR.findall(text) if kind in STREAM_ERRORS]
+    return Triggers(refusal="[[refusal]]" in text, pause="[[pause]]" in text, unicode="[[unicode]]" in text,
+                    vertex_event="[[vertex-event]]" in text, cut="[[cut]]" in text,
+                    stream_error=errors[0] if errors else None, status=statuses[0] if statuses else None)
+
+
+def injected_error(triggers: Triggers, streaming: bool) -> HttpError | None:
+    """The error answer a trigger asks for instead of a reply, if any."""
+    if triggers.status is not None:
+        err = google_error(triggers.status, f"Injected error {triggers.status}")
+        if triggers.status == 429:
+            err.body = [err.body]  # real Vertex 429s come wrapped in an array, without retry-after
+        return err
+    if triggers.stream_error and not streaming:
+        return anthropic_error(*STREAM_ERRORS[triggers.stream_error])
+    return None
+
+
+# JSON schema → a valid value (what the fake model passes to a tool)
+
+def value_for_schema(schema: Any, root: Any, name: str = "value", depth: int = 0) -> Any:
+    """A value `schema` accepts ($refs resolved against `root`). Every listed property gets one (only the required
+    ones deeper than MAX_SCHEMA_DEPTH); strings are "<name>-value". Honours type, properties, required, items,
+    prefixItems, enum, const, $ref, allOf, anyOf / oneOf (the first branch), numeric bounds, multipleOf, lengths,
+    item counts and common formats; not pattern, not, if / then, uniqueItems or dependencies."""
+    schema = _resolved(schema, root)
+    if depth > 4 * MAX_SCHEMA_DEPTH:
+        return None  # only a schema without any finite instance gets this deep
+    if "allOf" in schema:
+        rest = {k: v for k, v in schema.items() if k != "allOf"}
+        parts = [_resolved(part, root) for part in schema["allOf"]]
+        return value_for_schema(functools.reduce(_merged, parts, rest), root, name, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            rest = {k: v for k, v in schema.items() if k != key}
+            return value_for_schema(_merged(rest, _resolved(schema[key][0], root)), root, name, depth + 1)
+    kind = _schema_type(schema)
+    if kind == "object":
+        return _object_value(schema, root, depth)
+    if kind == "array":
+        return _array_value(schema, root, name, depth)
+    if kind in ("integer", "number"):
+        return _number_value(schema, integer=kind == "integer")
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return _string_value(schema, name)
+
+
+def _resolved(schema: Any, root: Any) -> dict:
+    """The schema as a dict, its `$ref` chain followed (a $ref's siblings kept, as JSON Schema 2019+ reads them)."""
+    for _ in range(MAX_REF_HOPS):
+        if not isinstance(schema, dict):
+            return {}  # `true`, or nonsense: anything goes
+        ref = schema.get("$ref")
+        if not isinstance(ref, str):
+            return schema
+        schema = _merged(_pointer(root, ref), {k: v for k, v in schema.items() if k != "$ref"})
+    return {}
+
+
+def _pointer(root: Any, ref: str) -> dict:
+    """The target of a local reference like `#/$defs/Point` or `#/definitions/Point`; {} when there is none."""
+    if not ref.startswith("#"):
+        return {}
+    node = root
+    for part in filter(None, ref[1:].split("/")):
+        node = node.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _merged(a: dict, b: dict) -> dict:
+    """Both schemas' keywords in one, with properties and required added up (enough for allOf and $ref siblings)."""
+    merged = {**a, **b}
+    if "properties" in a or "properties" in b:
+        merged["properties"] = {**a.get("properties", {}), **b.get("properties", {})}
+    if "required" in a or "required" in b:
+        merged["required"] = [*a.get("required", []), *b.get("required", [])]
+    return merged
+
+
+def _schema_type(schema: dict) -> str:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null" if kind else None)
+    if isinstance(kind, str):
+        return kind
+    keys = schema.keys()  # untyped: guess from the keywords present
+    if keys & {"properties", "required", "additionalProperties"}:
+        return "object"
+    if keys & {"items", "prefixItems", "minItems", "maxItems"}:
+        return "array"
+    if keys & {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}:
+        return "number"
+    return "string"
+
+
+def _object_value(schema: dict, root: Any, depth: int) -> dict:
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    required = [key for key in schema.get("required", []) if isinstance(key, str)]
+    listed = [] if depth > MAX_SCHEMA_DEPTH else list(properties)
+    extra = schema.get("additionalProperties")
+    extra = extra if isinstance(extra, dict) else {}  # for required keys not among the properties
+    return {key: value_for_schema(properties.get(key, extra), root, key, depth + 1)
+            for key in dict.fromkeys(listed + required)}
+
+
+def _array_value(schema: dict, root: Any, name: str, depth: int) -> list:
+    items = schema.get("items")
+    prefix = schema.get("prefixItems") or (items if isinstance(items, list) else [])
+    rest = items if isinstance(items, dict) else {}
+    count = max(len(prefix), schema.get("minItems", 0), 0 if depth > MAX_SCHEMA_DEPTH else 1)
+    if _is_int(schema.get("maxItems")):
+        count = min(count, schema["maxItems"])
+    return [value_for_schema(prefix[i] if i < len(prefix) else rest, root, name, depth + 1) for i in range(count)]
+
+
+def _number_value(schema: dict, integer: bool) -> int | float:
+    """42 or 4.5 when the bounds allow it, else the fitting candidate (a bound, next to one, between two) nearest
+    to it: 42 clamped into [minimum, maximum], for instance."""
+    preferred = 42 if integer else 4.5
+    bounds = [schema.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")]
+    bounds = [b for b in bounds if _is_number(b)]
+    guesses = [preferred, *bounds, *(b + d for b in bounds for d in (1, -1)),
+               *((a + b) / 2 for a in bounds for b in bounds)]
+    step = schema.get("multipleOf")
+    if _is_number(step) and step > 0:
+        guesses = [r(g / step) * step for g in guesses for r in (math.ceil, math.floor)]
+    if integer:
+        guesses = [r(g) for g in guesses for r in (math.ceil, math.floor)]
+    fitting = [g for g in guesses if _within(schema, g)]
+    return min(fitting, key=lambda g: abs(g - preferred)) if fitting else preferred
+
+
+def _within(schema: dict, value: float) -> bool:
+    low, high = schema.get("minimum"), schema.get("maximum")
+    open_low, open_high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if open_low is True:  # draft 4: a flag on minimum
+        low, open_low = None, low
+    if open_high is True:
+        high, open_high = None, high
+    step = schema.get("multipleOf")
+    return ((not _is_number(low) or value >= low) and (not _is_number(high) or value <= high)
+            and (not _is_number(open_low) or value > open_low) and (not _is_number(open_high) or value < open_high)
+            and (not _is_number(step) or step <= 0 or (value / step).is_integer()))
+
+
+def _string_value(schema: dict, name: str) -> str:
+    text = FORMAT_EXAMPLES.get(schema.get("format"), f"{name}-value")
+    if _is_int(schema.get("minLength")):
+        text = text.ljust(schema["minLength"], "x")
+    return text[:schema["maxLength"]] if _is_int(schema.get("maxLength")) else text
+
+
+# composing the answer
+
+@dataclass
+class Reply:
+    """The whole answer the fake model "wants" to give, before max_tokens and stop sequences cut it."""
+    blocks: list[dict]  # content blocks as a JSON answer carries them
+    stop_reason: str
+
+
+def new_message_id() -> str:
+    return "msg_vrtx_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
+
+
+def tool_use_id(message_id: str, index: int) -> str:
+    """`toolu_` + 24 letters and digits, unique per message (derived from its id, to keep generate() pure)."""
+    number = int.from_bytes(hashlib.sha256(f"{message_id}/{index}".encode()).digest(), "big")
+    alphabet = string.ascii_letters + string.digits
+    return "toolu_" + "".join(alphabet[number // len(alphabet) ** k % len(alphabet)] for k in range(24))
+
+
+def sign_thinking(secret: bytes, thinking: str) -> str:
+    return base64.b64encode(hmac.new(secret, thinking.encode(), hashlib.sha256).digest()).decode()
+
+
+def tools_to_call(body: dict, said: str) -> tuple[list[dict], bool]:
+    """(the tools the fake model calls, whether it announces them first) for a turn without tool results."""
+    tools = body.get("tools", [])
+    choice = body.get("tool_choice", {"type": "auto"})
+    if not tools or choice["type"] == "none":
+        return [], False
+    if choice["type"] == "tool":
+        chosen = [t for t in tools if t["name"] == choice["name"]]
+    else:
+        named = sorted((t for t in tools if t["name"] in said), key=lambda t: said.index(t["name"]))
+        chosen = named if choice["type"] == "auto" else (named or tools)[:1]
+    if choice.get("disable_parallel_tool_use") is True:
+        chosen = chosen[:1]
+    return chosen, choice["type"] == "auto"
+
+
+def _result_text(block: dict) -> str:
+    content = block.get("content", "")
+    parts = [content] if isinstance(content, str) else [
+        inner["text"] if inner["type"] == "text" else f"[{inner['type']}]" for inner in content]
+    text = " ".join(parts)
+    return f"error: {text}" if block.get("is_error") is True else text
+
+
+def _tool_use(tool: dict, message_id: str, index: int) -> dict:
+    schema = tool.get("input_schema", {})
+    arguments = value_for_schema(schema, schema)
+    return {"type": "tool_use", "id": tool_use_id(message_id, index), "name": tool["name"],
+            "input": arguments if isinstance(arguments, dict) else {}}
+
+
+def compose_reply(body: dict, secret: bytes, message_id: str) -> Reply:
+    """What the fake model answers: an optional thinking block, then a refusal, the tool results it got, tool
+    calls for the tools named in the last user text, or "You said: <that text>" (see Triggers for the switches)."""
+    content = _last_user(body)["content"]
+    said = " ".join(b["text"] for b in _blocks(content) if b["type"] == "text")
+    results = [b for b in _blocks(content) if b["type"] == "tool_result"]
+    triggers = find_triggers(body)
+    blocks = []
+    if body.get("thinking", {}).get("type") == "enabled":
+        thought = " ".join(("Thinking about: " + ("the tool results" if results else said)).split())
+        blocks.append({"type": "thinking", "thinking": thought, "signature": sign_thinking(secret, thought)})
+    tail = " " + UNICODE_SAMPLE if triggers.unicode else ""
+    finish = "pause_turn" if triggers.pause else "end_turn"
+    if triggers.refusal:
+        return Reply(blocks + [{"type": "text", "text": REFUSAL_TEXT + tail}], "refusal")
+    if results:
+        text = "Tool results: " + " | ".join(_result_text(r) for r in results)
+        return Reply(blocks + [{"type": "text", "text": text + tail}], finish)
+    tools, announce = ([], False) if triggers.pause else tools_to_call(body, said)
+    if tools:
+        if announce:
+            blocks.append({"type": "text", "text": f"I will call {', '.join(t['name'] for t in tools)}.{tail}"})
+        return Reply(blocks + [_tool_use(t, message_id, k) for k, t in enumerate(tools)], "tool_use")
+    return Reply(blocks + [{"type": "text", "text": " ".join(("You said: " + said).split()) + tail}], finish)
+
+
+# cutting and framing
 
 @dataclass
 class OutputBlock:
@@ -618,17 +944,26 @@ class OutputBlock:
     start: dict
     deltas: list[dict]
     final: dict
+    tokens: int  # output tokens: one per delta, the signature aside
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """Input tokens the prompt cache wrote or read for one request."""
+    created: int = 0
+    read: int = 0
 
 
 @dataclass
 class Generation:
+    id: str
     blocks: list[OutputBlock]
     stop_reason: str
     stop_sequence: str | None
-    input_tokens: int
+    input_tokens: int  # beyond the cached prefix
     output_tokens: int
-    id: str = field(default_factory=lambda: "msg_vrtx_" + "".join(
-        secrets.choice(string.ascii_letters + string.digits) for _ in range(24)))
+    cache: CacheUse
+    triggers: Triggers
 
 
 def _texts(content: str | list) -> Iterator[str]:
@@ -639,21 +974,59 @@ def _texts(content: str | list) -> Iterator[str]:
             yield from _texts(block.get("content", ""))
 
 
-def count_input_tokens(body: dict) -> int:
-    texts = list(_texts(body.get("system", [])))
+def _input_units(body: dict) -> list[tuple[Any, int, bool]]:
+    """(cache key part, words, carries cache_control) of each tool, system block and message block, in the order
+    the prompt cache reads them. Only text counts as input words, so tools weigh nothing."""
+    units = [(tool, 0, tool.get("cache_control") is not None) for tool in body.get("tools", [])]
+    system = body.get("system", [])
+    for block in _blocks(system) if system else []:
+        units.append((block, len(block["text"].split()), block.get("cache_control") is not None))
     for message in body["messages"]:
-        texts.extend(_texts(message["content"]))
-    return sum(len(t.split()) for t in texts)
+        for block in _blocks(message["content"]):
+            words = sum(len(text.split()) for text in _texts([block]))
+            units.append(([message["role"], block], words, _marked(block)))
+    return units
 
 
-def compose_reply(body: dict) -> list[dict]:
-    """The whole answer the fake model "wants" to give, before max_tokens and stop sequences cut it.
+def _marked(block: dict) -> bool:
+    inner = block.get("content") if block["type"] == "tool_result" else None
+    return block.get("cache_control") is not None or (isinstance(inner, list) and any(map(_marked, inner)))
 
-    The place to add scenarios (tool calls, thinking) later; generate() handles the cutting and framing.
-    """
-    last_user = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": []})
-    said = " ".join(b["text"] for b in _blocks(last_user["content"]) if b["type"] == "text")
-    return [{"type": "text", "text": " ".join(("You said: " + said).split())}]
+
+def count_input_tokens(body: dict) -> int:
+    return sum(words for _, words, _ in _input_units(body))
+
+
+def cache_prefix(body: dict, model: str) -> tuple[str, int] | None:
+    """(key, words) of the cacheable prefix: everything up to the last block with cache_control; None without."""
+    units = _input_units(body)
+    marked = [i for i, (_, _, has_mark) in enumerate(units) if has_mark]
+    if not marked:
+        return None
+    covered = units[:marked[-1] + 1]
+    canonical = json.dumps([model, [part for part, _, _ in covered]], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest(), sum(words for _, words, _ in covered)
+
+
+class PromptCache:
+    """The prefixes seen lately: the first sighting writes the cache, later ones read it. Least recently used
+    prefixes are forgotten first."""
+
+    def __init__(self, size: int = PROMPT_CACHE_SIZE):
+        self._size = size
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def use(self, prefix: tuple[str, int] | None) -> CacheUse:
+        if prefix is None:
+            return CacheUse()
+        key, words = prefix
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return CacheUse(read=words)
+        self._seen[key] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return CacheUse(created=words)
 
 
 def _first_stop(text: str, stops: list[str]) -> tuple[str, int] | None:
@@ -664,48 +1037,98 @@ def _first_stop(text: str, stops: list[str]) -> tuple[str, int] | None:
     return stop, at
 
 
-def generate(body: dict) -> Generation:
-    """Cut compose_reply()'s answer to max_tokens words or before the first stop sequence, word by word."""
+def _fragments(text: str) -> list[str]:
+    """Tool JSON in pieces of at most 7 characters, cut anywhere (inside strings too), as the API streams it;
+    an empty input is one empty piece."""
+    pieces: list[str] = []
+    at = 0
+    while at < len(text):
+        size = FRAGMENT_SIZES[len(pieces) % len(FRAGMENT_SIZES)]
+        pieces.append(text[at:at + size])
+        at += size
+    return pieces or [""]
+
+
+def _pieces(block: dict) -> list[str]:
+    """A block's output tokens: words (with the whitespace after them) or tool JSON fragments."""
+    if block["type"] == "tool_use":
+        return _fragments(json.dumps(block["input"], ensure_ascii=False) if block["input"] else "")
+    return re.findall(r"\s*\S+\s*", block["thinking"] if block["type"] == "thinking" else block["text"])
+
+
+def _output_block(whole: dict, pieces: list[str], complete: bool, secret: bytes) -> OutputBlock:
+    """The block as far as `pieces` go (all of them when `complete`)."""
+    text = "".join(pieces)
+    if whole["type"] == "text":
+        return OutputBlock({"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in pieces],
+                           {"type": "text", "text": text}, len(pieces))
+    if whole["type"] == "thinking":
+        signature = whole["signature"] if complete else sign_thinking(secret, text)  # a cut thought, as sent
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces]
+        return OutputBlock({"type": "thinking", "thinking": ""},
+                           deltas + [{"type": "signature_delta", "signature": signature}],
+                           {"type": "thinking", "thinking": text, "signature": signature}, len(pieces))
+    start = {**whole, "input": {}}
+    return OutputBlock(start, [{"type": "input_json_delta", "partial_json": p} for p in pieces],
+                       whole if complete else start, len(pieces))  # cut JSON does not parse: input stays {}
+
+
+def generate(body: dict, secret: bytes, message_id: str, cache: CacheUse = CacheUse()) -> Generation:
+    """Cut compose_reply()'s answer to max_tokens (one token per delta) or before the first stop sequence (in
+    text blocks)."""
+    reply = compose_reply(body, secret, message_id)
     budget = body["max_tokens"]
     stops = body.get("stop_sequences", [])
     blocks: list[OutputBlock] = []
-    used = 0
-    stop_reason, stop_sequence = "end_turn", None
-    for block in compose_reply(body):
-        text = block["text"]
-        hit = _first_stop(text, stops)
+    stop_reason, stop_sequence = reply.stop_reason, None
+    for whole in reply.blocks:
+        hit = _first_stop(whole["text"], stops) if whole["type"] == "text" else None
         if hit:
             stop_sequence, cut = hit
-            text, stop_reason = text[:cut], "stop_sequence"
-        words = re.findall(r"\S+ ?", text)  # one "token" = one word with its trailing space
-        if used + len(words) > budget:
-            words = words[:budget - used]
+            whole, stop_reason = {**whole, "text": whole["text"][:cut]}, "stop_sequence"
+        pieces = _pieces(whole)
+        if len(pieces) > budget:
             stop_reason, stop_sequence = "max_tokens", None
-        used += len(words)
-        blocks.append(OutputBlock(
-            start={"type": "text", "text": ""},
-            deltas=[{"type": "text_delta", "text": w} for w in words],
-            final={"type": "text", "text": "".join(words)}))
-        if stop_reason != "end_turn":
+            if budget:
+                blocks.append(_output_block(whole, pieces[:budget], False, secret))
             break
-    return Generation(blocks, stop_reason, stop_sequence, count_input_tokens(body), used)
+        blocks.append(_output_block(whole, pieces, True, secret))
+        budget -= len(pieces)
+        if hit:
+            break
+    input_tokens = count_input_tokens(body) - cache.created - cache.read
+    return Generation(message_id, blocks, stop_reason, stop_sequence, input_tokens,
+                      sum(b.tokens for b in blocks), cache, find_triggers(body))
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+def _usage(gen: Generation, output_tokens: int) -> dict[str, int]:
+    return {"input_tokens": gen.input_tokens, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": gen.cache.created, "cache_read_input_tokens": gen.cache.read}
 
 
 def message_json(gen: Generation, model: str) -> dict:
     return {"id": gen.id, "type": "message", "role": "assistant", "model": models.first_party_id(model),
             "content": [b.final for b in gen.blocks], "stop_reason": gen.stop_reason,
-            "stop_sequence": gen.stop_sequence, "usage": _usage(gen.input_tokens, gen.output_tokens)}
+            "stop_sequence": gen.stop_sequence, "usage": _usage(gen, gen.output_tokens)}
+
+
+def _after_deltas(events: list[tuple[str, dict]], count: int) -> int:
+    """The position just after the count-th content delta, or before message_delta when there are fewer."""
+    seen = 0
+    for i, (name, _) in enumerate(events):
+        if name == "message_delta":
+            return i
+        if name == "content_block_delta":
+            seen += 1
+            if seen == count:
+                return i + 1
+    return len(events)
 
 
 def sse_events(gen: Generation, model: str) -> list[tuple[str, dict]]:
-    """(event name, data) pairs in Anthropic's streaming order."""
+    """(event name, data) pairs in Anthropic's streaming order, with the triggered stream faults."""
     start = {**message_json(gen, model), "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": _usage(gen.input_tokens, 1)}
+             "usage": _usage(gen, 1)}
     events = [("message_start", {"type": "message_start", "message": start}), ("ping", {"type": "ping"})]
     for index, block in enumerate(gen.blocks):
         events.append(("content_block_start",
@@ -717,6 +1140,15 @@ def sse_events(gen: Generation, model: str) -> list[tuple[str, dict]]:
                                      "delta": {"stop_reason": gen.stop_reason, "stop_sequence": gen.stop_sequence},
                                      "usage": {"output_tokens": gen.output_tokens}}))
     events.append(("message_stop", {"type": "message_stop"}))
+    triggers = gen.triggers
+    if triggers.vertex_event:  # Vertex's own events appear among Anthropic's; clients must skip them
+        events.insert(_after_deltas(events, 1), ("vertex_event", {"type": "vertex_event", "foo": 1}))
+    if triggers.stream_error:
+        _, kind, message = STREAM_ERRORS[triggers.stream_error]
+        events = events[:_after_deltas(events, 2)] + [
+            ("error", {"type": "error", "error": {"type": kind, "message": message}})]
+    elif triggers.cut:  # the upstream drops: the body ends with no message_stop
+        events = events[:_after_deltas(events, 2)]
     return events
 
 
@@ -728,6 +1160,8 @@ class State:
     authority: Authority
     token_uri: str
     request_log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REQUEST_LOG_SIZE))
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # signs thinking blocks
+    prompt_cache: PromptCache = field(default_factory=PromptCache)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -739,7 +1173,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         for name, value in (headers or {}).items():
             self.set_header(name, value)
-        self.finish(json.dumps(body))
+        self.finish(json.dumps(body, ensure_ascii=False))
 
     def send_error_answer(self, err: HttpError) -> None:
         self.send_json(err.status, err.body, err.headers)
@@ -807,17 +1241,22 @@ class ModelHandler(BaseHandler):
         self.log_entry["status"] = self.get_status()
 
     async def post(self, project: str, location: str, model: str, method: str) -> None:
+        streaming = method == "streamRawPredict"
         try:
             self._authorize()
             if model not in models.OUTPUT_CAPS:
                 raise google_error(404, f"Publisher Model `projects/{project}/locations/{location}/publishers/"
                                         f"anthropic/models/{model}` not found.")
-            body = self._validated(model, streaming=method == "streamRawPredict")
+            body = self._validated(model, streaming)
+            fault = injected_error(find_triggers(body), streaming)
+            if fault:
+                raise fault
         except HttpError as err:
             self.send_error_answer(err)
             return
-        gen = generate(body)
-        if body.get("stream"):
+        cache = self.state.prompt_cache.use(cache_prefix(body, model))
+        gen = generate(body, self.state.secret, new_message_id(), cache)
+        if streaming:
             await self._stream(sse_events(gen, model))
         else:
             self.send_json(200, message_json(gen, model))
@@ -837,7 +1276,7 @@ class ModelHandler(BaseHandler):
         if self.parsed is _NOT_JSON:
             raise anthropic_error(400, "invalid_request_error", "There was an error parsing the body: not JSON")
         try:
-            return validate_body(self.parsed, model, streaming)
+            return validate_body(self.parsed, model, streaming, self.state.secret)
         except InvalidRequest as err:
             raise anthropic_error(400, "invalid_request_error", str(err)) from None
 
@@ -849,12 +1288,21 @@ class ModelHandler(BaseHandler):
         for i, (name, data) in enumerate(events):
             if i and self.state.settings.pace_ms > 0:
                 await asyncio.sleep(self.state.settings.pace_ms / 1000)
-            self.write(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n")
+            frame = f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
             try:
-                await self.flush()
+                for part in _split_inside_character(frame.encode()):
+                    self.write(part)
+                    await self.flush()
             except tornado.iostream.StreamClosedError:
                 return  # the client went away: stop generating
             sent.append({"t_ms": round((time.monotonic() - self.started) * 1000, 1), "event": name, "data": data})
+
+
+def _split_inside_character(frame: bytes) -> list[bytes]:
+    """The frame in two writes cut inside its first multi-byte character, if any: networks split anywhere, and
+    clients must put UTF-8 back together."""
+    at = next((i for i, byte in enumerate(frame) if byte >= 0x80), None)
+    return [frame] if at is None else [frame[:at + 1], frame[at + 1:]]
 
 
 class RequestsHandler(BaseHandler):
