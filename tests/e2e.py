@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 
 import procs
 
@@ -76,3 +78,81 @@ class Emulator:
 
     def set_pace(self, ms: float) -> None:
         self._http.post("/_emulator/settings", content=json.dumps({"pace_ms": ms}))
+
+
+# --- helpers for the real-client tests (tests/test_clients_*.py) --------------------------------------------
+
+# what a client process reads to find a proxy or a base URL; cleared so that only what a test sets applies
+CLIENT_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                   "no_proxy", "OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_PROXY", "NODE_USE_ENV_PROXY",
+                   "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")
+CLIENT_KINDS_VIA_PROXY = ["https_proxy", "reverse"]  # the two ways an unmodified app reaches modelmux
+
+
+def assert_no_secrets(output: str) -> None:
+    """Nothing secret in what a proxy printed: not the app's key, not a Google token, not a private key."""
+    for secret in (CLIENT_KEY, "ya29.", "PRIVATE KEY"):
+        assert secret not in output, f"{secret!r} leaked into the proxy's output"
+
+
+def client_env(kind: str, proxy: Proxy) -> dict[str, str]:
+    """An environment for a client subprocess: this one without any proxy / base-URL / CA setting, plus
+    HTTPS_PROXY and the CA bundle variables when `kind` is "https_proxy"."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARS}
+    if kind == "https_proxy":
+        env.update(HTTPS_PROXY=f"http://127.0.0.1:{proxy.regular_port}", SSL_CERT_FILE=str(proxy.ca),
+                   NODE_EXTRA_CA_CERTS=str(proxy.ca))
+    return env
+
+
+def use_client_env(kind: str, proxy: Proxy, monkeypatch) -> str | None:
+    """Set this process's environment as an app pointed at modelmux has it; returns the base URL to pass (None in
+    HTTPS_PROXY mode: the app keeps OpenAI's own URL and the proxy decrypts it with mitmproxy's CA)."""
+    for var in CLIENT_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if kind == "https_proxy":
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.regular_port}")
+        monkeypatch.setenv("SSL_CERT_FILE", str(proxy.ca))
+        return None
+    port = proxy.reverse_port if kind == "reverse" else proxy.regular_port
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def openai_client(kind: str, proxy: Proxy, monkeypatch, **kwargs):
+    """An openai.OpenAI client for `kind` ("https_proxy", "reverse" or "direct"): no retries, a bounded timeout."""
+    base_url = use_client_env(kind, proxy, monkeypatch)
+    kwargs = {"api_key": CLIENT_KEY, "max_retries": 0, "timeout": 20, **kwargs}
+    return openai.OpenAI(**({"base_url": base_url} if base_url else {}), **kwargs)
+
+
+def stream_text(chunks: list[dict]) -> str:
+    """The `content` of a stream of chunk dicts, joined."""
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def finish_reasons(chunks: list[dict]) -> list[str]:
+    """Every non-null finish_reason of a stream of chunk dicts, in order."""
+    return [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+
+
+def streamed_tool_calls(chunks: list[dict]) -> list[dict]:
+    """The tool calls of a stream of chunk dicts put together as a client does it, checking the shape clients rely
+    on (pain 15): a new call's index is the next one (0, 1, …) and its first chunk carries id, type and name; later
+    chunks of a call carry only its index and an argument fragment. Returns [{index, id, name, arguments,
+    fragments}] with `fragments` the number of argument chunks."""
+    calls: list[dict] = []
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for delta in choice["delta"].get("tool_calls") or []:
+                index, function = delta["index"], delta.get("function") or {}
+                if index == len(calls):
+                    assert delta.get("id") and delta.get("type") == "function" and function.get("name"), delta
+                    calls.append({"index": index, "id": delta["id"], "name": function["name"],
+                                  "arguments": function.get("arguments") or "", "fragments": 0})
+                    continue
+                assert 0 <= index < len(calls), f"tool call index {index} before index {len(calls)}: {delta}"
+                assert not ({"id", "type"} & delta.keys()) and "name" not in function, \
+                    f"id/type/name repeated on a later chunk of call {index}: {delta}"
+                calls[index]["arguments"] += function.get("arguments") or ""
+                calls[index]["fragments"] += 1
+    return calls

@@ -100,3 +100,14 @@ def test_pain18_usage_counts_cache_tokens():
     out = to_openai_response(MSG, AnswerShape(model="m", created=1, fallback_id="f"))
     assert out["usage"]["prompt_tokens"] == 10 + 7 + 3
     assert out["usage"]["prompt_tokens_details"] == {"cached_tokens": 7, "cache_write_tokens": 3}
+
+
+def test_pain12_prose_beside_a_json_answer_never_reaches_content():
+    shape = AnswerShape(model="m", created=1, fallback_id="f", json_tool="json_response")
+    msg = {**MSG, "stop_reason": "tool_use", "content": [
+        {"type": "text", "text": "Here you go:"},
+        {"type": "tool_use", "id": "toolu_1", "name": "json_response", "input": {"a": 1}}]}
+    assert to_openai_response(msg, shape)["choices"][0]["message"]["content"] == '{"a": 1}'
+    refused = to_openai_response({**MSG, "stop_reason": "end_turn", "content": [{"type": "text", "text": "I won't."}]},
+                                 shape)["choices"][0]["message"]
+    assert refused["content"] is None and refused["refusal"] == "I won't."

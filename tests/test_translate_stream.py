@@ -193,3 +193,13 @@ def test_pain19_any_split_of_a_tool_and_thinking_stream_gives_the_same_output(cu
     whole = run([RICH])
     assert run([RICH[a:b] for a, b in zip([0, *cuts], [*cuts, len(RICH)])]) == whole
     validate_openai_sse(whole[0])
+
+
+def test_pain16_in_json_mode_prose_is_a_refusal_delta():
+    events = [START, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "No."}},
+              {"type": "message_delta", "delta": {"stop_reason": "refusal"}}, {"type": "message_stop"}]
+    chunks, _ = run_shape(events, json_tool="json_response")
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("refusal") or "" for d in deltas) == "No." and not any(d.get("content") for d in deltas)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"

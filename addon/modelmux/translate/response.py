@@ -79,12 +79,13 @@ def to_openai_response(msg: dict[str, Any], shape: AnswerShape) -> dict[str, Any
     texts: list[str] = []
     reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
+    answer: str | None = None  # the JSON answer, when response_format asked for one and Claude gave it
     for block in msg.get("content") or []:
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
         elif kind == "tool_use" and block.get("name") == shape.json_tool:
-            texts.append(json_answer(block.get("input"), shape.json_wrapped))
+            answer = json_answer(block.get("input"), shape.json_wrapped)
         elif kind == "tool_use":
             name = block.get("name", "")
             calls.append({"id": block.get("id"), "type": "function",
@@ -92,14 +93,15 @@ def to_openai_response(msg: dict[str, Any], shape: AnswerShape) -> dict[str, Any
                                        "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
         elif kind == "thinking":
             reasoning.append(block.get("thinking", ""))
-    text = "".join(texts)
+    text = answer if answer is not None else "".join(texts)  # prose beside a JSON answer would break it
     stop_reason = msg.get("stop_reason")
     message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None, "annotations": []}
     if calls:
         message["tool_calls"] = calls
     if shape.expose_reasoning and reasoning:
         message["reasoning_content"] = "".join(reasoning)
-    if stop_reason == "refusal":  # OpenAI puts a refusal in `refusal`, never in `content`
+    if stop_reason == "refusal" or (shape.json_tool and answer is None and text):
+        # OpenAI puts a refusal in `refusal`, never in `content`; in JSON mode prose instead of the answer is one
         message["content"], message["refusal"] = None, text or "The model declined to answer."
     return {
         "id": completion_id(msg.get("id"), shape.fallback_id),

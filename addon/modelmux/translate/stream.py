@@ -8,7 +8,10 @@ as OpenAI produces it:
 - a content chunk per text delta, forwarded the moment its event is complete (no coalescing);
 - tool calls: one index per call (0, 1, …); id, type and name only on its first chunk, then argument
   fragments; a call with no arguments still ends as `"{}"`; names restored to the client's;
-- the JSON-answer tool (response_format) streams as `content`; thinking as `reasoning_content` when exposed;
+- the JSON-answer tool (response_format) streams as `content`, and any prose beside it (a refusal) as
+  `refusal`; thinking as `reasoning_content` when exposed;
+- a plain-text refusal (stop_reason `refusal`) has streamed as `content` before Claude says it is one: it ends
+  with `finish_reason: content_filter`, as OpenAI's own content filter does mid-stream;
 - `finish_reason` exactly once, on the last choice chunk; then, when `include_usage`, a chunk with
   `choices: []` and usage; then `data: [DONE]`;
 - an upstream `error` event → `data: {"error": {...}}`, which the OpenAI SDKs raise; no `[DONE]` after it;
@@ -49,6 +52,9 @@ class StreamTranslator:
         self._json_parts: list[str] = []
         self._thinking: list[dict[str, Any]] = []  # kept for the tool loop (see kept_thinking)
         self._first_tool_id: str | None = None
+        # With a JSON answer Claude is forced to call its tool and writes no prose; text then is a refusal, and
+        # as `content` it would break clients that parse the content as JSON while it streams.
+        self._text_open = '{"refusal": ' if shape.json_tool else '{"content": '
         self.events_in = 0
         self.chunks_out = 0
 
@@ -138,7 +144,7 @@ class StreamTranslator:
         dtype = delta.get("type")
         if dtype == "text_delta":
             if delta.get("text"):
-                parts.append(self._chunk('{"content": ' + _dumps(delta["text"]) + "}"))
+                parts.append(self._chunk(self._text_open + _dumps(delta["text"]) + "}"))
             return
         block = self._blocks.get(event.get("index", 0))
         if dtype == "input_json_delta" and block is not None:
@@ -189,7 +195,7 @@ class StreamTranslator:
         elif btype == "text":
             self._blocks[index] = [_TEXT, None, False]
             if cb.get("text"):
-                parts.append(self._chunk('{"content": ' + _dumps(cb["text"]) + "}"))
+                parts.append(self._chunk(self._text_open + _dumps(cb["text"]) + "}"))
         else:
             self._blocks[index] = [_OTHER, None, False]
 
