@@ -32,7 +32,8 @@ def _nullable_to_union(node: Any) -> Any:
 
 @functools.cache
 def _registry() -> tuple[referencing.Registry, dict]:
-    spec = _nullable_to_union(yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8")))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads the 2 MB spec ~10x faster
+    spec = _nullable_to_union(yaml.load(SPEC_PATH.read_text(encoding="utf-8"), Loader=loader))
     resource = referencing.Resource.from_contents(spec, default_specification=referencing.jsonschema.DRAFT202012)
     return referencing.Registry().with_resource("urn:openai", resource), spec
 
