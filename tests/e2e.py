@@ -31,6 +31,7 @@ models:
 {''.join(f'    {k}: {v}{chr(10)}' for k, v in extra_models.items())}
 intercept:
   hosts: [api.openai.com]
+retries: {{max_attempts: 4, backoff_initial_seconds: 0.05, backoff_max_seconds: 0.2}}  # quick, still exercised
 """)
     return path
 

@@ -64,10 +64,14 @@ async def test_request_is_rewritten_to_vertex(chain):
     f = make_flow()
     await run_request(addons, f)
     assert f.response is None
-    assert f.request.url == ("http://127.0.0.1:9/v1/projects/proj/locations/us-east5/publishers/anthropic/models/"
-                             "claude-sonnet-4-5@20250929:rawPredict")
+    vertex_path = "/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"
+    assert f.metadata["modelmux"]["vertex_url"] == "http://127.0.0.1:9" + vertex_path
+    relay = addons[2].runtime.relay
+    assert f.request.url == f"http://127.0.0.1:{relay.port}{vertex_path}"  # the loopback relay, see upstream.py
     headers = {k.lower(): v for k, v in f.request.headers.items()}
-    assert headers["authorization"] == "Bearer static-test-token"
+    plan = relay._plans[headers["x-modelmux-plan"]]
+    assert list(plan.urls) == ["us-east5"] and plan.body == f.request.content
+    assert "authorization" not in headers  # the relay adds the Google token; the flow never holds it
     assert not any(k.startswith(("openai-", "x-stainless")) for k in headers)
     assert "sk-client-secret" not in json.dumps(headers)
     body = json.loads(f.request.content)
@@ -87,7 +91,8 @@ async def test_streamed_answer_is_translated_by_the_stream_callable(chain):
     f = make_flow(body={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
     await run_request(addons, f)
     assert f.request.url.endswith(":streamRawPredict") and json.loads(f.request.content)["stream"] is True
-    assert f.request.headers["accept-encoding"] == "identity"
+    plan = addons[2].runtime.relay._plans[f.request.headers["x-modelmux-plan"]]
+    assert plan.stream and plan.urls["us-east5"].endswith(":streamRawPredict")
     f.response = tutils.tresp(status_code=200, content=None,
                               headers=((b"content-type", b"text/event-stream"), (b"content-length", b"999")))
     addons[2].responseheaders(f)

@@ -333,4 +333,4 @@ def test_pain22_sdk_retries_after_retry_after(proxy, emulator, monkeypatch):
     with pytest.raises(openai.RateLimitError), client:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "[[status:429]]"}])
     assert time.monotonic() - start >= 0.95
-    assert len(emu.requests()) == 2
+    assert len(emu.requests()) == 2 * 4  # per SDK attempt, modelmux's own 4 attempts (retries.max_attempts)

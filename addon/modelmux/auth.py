@@ -127,6 +127,11 @@ class TokenProvider:
                 return tok.value
         return (await self._refresh()).value
 
+    def invalidate(self) -> None:
+        """Vertex rejected the token (401): the next request fetches a new one. A static token stays."""
+        if self._static is None:
+            self._token = None
+
     def _refresh_in_background(self) -> None:
         if self._refreshing is None or self._refreshing.done():
             task = asyncio.get_running_loop().create_task(self._refresh())

@@ -30,6 +30,7 @@ class VertexConfig(_Strict):
     region: str = "us-east5"
     base_url: str | None = None
     anthropic_version: str = "vertex-2023-10-16"
+    fallback_regions: tuple[str, ...] = ()  # tried in order when the region fails (429, 5xx, unreachable)
 
     @field_validator("project", "region")
     @classmethod
@@ -85,6 +86,28 @@ class ImagesConfig(_Strict):
     allow_private_networks: bool = False  # fetch from loopback/private addresses (tests, internal hosts)
 
 
+class RetryConfig(_Strict):
+    """Retries before the first byte reaches the client (docs/reliability.md)."""
+
+    max_attempts: int = Field(default=4, ge=1, le=20)  # all regions together
+    max_wait_seconds: float = Field(default=30.0, ge=0)  # total backoff a request may spend waiting
+    backoff_initial_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=8.0, ge=0)
+
+
+class CircuitBreakerConfig(_Strict):
+    failures: int = Field(default=3, ge=1)  # this many failures of a region …
+    window_seconds: float = Field(default=30.0, gt=0)  # … within this window open its circuit …
+    cooldown_seconds: float = Field(default=30.0, gt=0)  # … for this long; then one trial request
+
+
+class TimeoutsConfig(_Strict):
+    connect_seconds: float = Field(default=10.0, gt=0)
+    first_byte_seconds: float = Field(default=120.0, gt=0)  # until Vertex's response headers
+    idle_seconds: float = Field(default=120.0, gt=0)  # the longest silence between two streamed events
+    # no total limit: a long answer streams as long as it keeps moving
+
+
 class Config(_Strict):
     vertex: VertexConfig
     auth: AuthConfig = AuthConfig()
@@ -92,6 +115,9 @@ class Config(_Strict):
     intercept: InterceptConfig = InterceptConfig()
     reasoning: ReasoningConfig = ReasoningConfig()
     images: ImagesConfig = ImagesConfig()
+    retries: RetryConfig = RetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

@@ -66,10 +66,15 @@ class Router:
             raise UnknownModel(requested)
         return Route(requested=requested, vertex_model=target)
 
-    def url(self, route: Route, *, stream: bool) -> str:
+    def url(self, route: Route, *, stream: bool, region: str | None = None) -> str:
         v = self._config.vertex
-        return model_url(project=v.project, region=v.region, model=route.vertex_model, stream=stream,
+        return model_url(project=v.project, region=region or v.region, model=route.vertex_model, stream=stream,
                          base_url=v.base_url)
+
+    def regions(self) -> list[str]:
+        """The configured region, then the fallbacks, in order, without repeats."""
+        v = self._config.vertex
+        return list(dict.fromkeys([v.region, *v.fallback_regions]))
 
     def listed_models(self) -> list[str]:
         """What `GET /v1/models` lists: every mapped name, then every distinct Vertex model they reach."""

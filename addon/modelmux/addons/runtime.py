@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..auth import TokenProvider
 from ..config import Config
 from ..thinking_cache import ThinkingCache
+from ..upstream import Relay
 from ..vertex import Router
 
 
@@ -26,9 +27,11 @@ class Runtime:
     def __init__(self) -> None:
         self.current: Snapshot | None = None
         self.thinking = ThinkingCache()  # outlives config reloads: a tool loop may span one
+        self.relay = Relay()  # so do the circuit breakers' memories and the upstream connections
 
     def install(self, config: Config, tokens: TokenProvider | None = None) -> Snapshot:
         snap = Snapshot(config=config, router=Router(config), tokens=tokens or TokenProvider(config.auth),
                         intercept_hosts=frozenset(config.intercept.hosts))
+        self.relay.breaker.cfg = config.circuit_breaker
         self.current = snap
         return snap

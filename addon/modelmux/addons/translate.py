@@ -2,9 +2,9 @@
 
 Cases:
 - request: parse and validate (bad input → OpenAI 400 answered locally, nothing sent upstream); route the
-  model (unknown with no default → 404); get a Google token (failure → 500 naming the credential source);
-  redirect the flow to `:rawPredict` / `:streamRawPredict` with a fresh header set — the client's OpenAI key,
-  `openai-*` / `x-stainless-*` headers and cookies never reach Vertex.
+  model (unknown with no default → 404); fetch image URLs; hand the Vertex call (`:rawPredict` /
+  `:streamRawPredict`, every region to try) to the loopback relay (upstream.py) and point the flow at it with
+  a fresh header set — the client's OpenAI key, `openai-*` / `x-stainless-*` headers and cookies never leave.
 - responseheaders, 2xx `text/event-stream`: stream through a StreamTranslator, one upstream event → one
   chunk, forwarded as it arrives.
 - response, buffered: a 2xx JSON message → chat.completion; any non-2xx → the OpenAI error of the same
@@ -18,16 +18,17 @@ import logging
 import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from mitmproxy import http
 
-from ..auth import AuthError
 from ..images import fetch_images
 from ..translate.errors import OpenAIError, from_upstream, model_not_found
 from ..translate.request import inline_images, parse_request, to_vertex_body
 from ..translate.response import AnswerShape, thinking_to_keep, to_openai_response
 from ..translate.stream import StreamTranslator
 from ..thinking_cache import ThinkingCache
+from ..upstream import ATTEMPTS_HEADER, LOCAL_ERROR_HEADER, PLAN_HEADER, REGION_HEADER, Plan
 from ..vertex import UnknownModel
 from .local_endpoints import error_response, json_response
 from .runtime import Runtime
@@ -68,19 +69,20 @@ class Translate:
         except OpenAIError as err:
             flow.response = error_response(err)
             return
-        try:
-            token = await snap.tokens.token()
-        except AuthError as err:
-            log.error("modelmux: %s", err)
-            flow.response = error_response(OpenAIError(500, f"modelmux could not authenticate to Vertex AI: {err}",
-                                                       "server_error", None, "upstream_auth_failed"))
-            return
-
+        body = json.dumps(vreq.body).encode()
+        urls = {region: snap.router.url(route, stream=vreq.stream, region=region) for region in snap.router.regions()}
+        relay = self.runtime.relay
+        port = await relay.ensure_started()
+        plan = Plan(urls=urls, body=body, stream=vreq.stream, tokens=snap.tokens, retries=snap.config.retries,
+                    timeouts=snap.config.timeouts)
+        token = relay.register(plan)
         flow.metadata[META] = {
             "requested_model": req.model,
             "vertex_model": route.vertex_model,
             "region": snap.config.vertex.region,
+            "vertex_url": urls[snap.config.vertex.region],
             "stream": vreq.stream,
+            "plan": token,
             "shape": {  # AnswerShape's fields
                 "model": req.model, "created": int(received), "fallback_id": secrets.token_hex(12),
                 "tool_names": vreq.tool_names, "json_tool": vreq.json_tool, "json_wrapped": vreq.json_wrapped,
@@ -88,18 +90,23 @@ class Translate:
             },
             "received": received,
         }
-        flow.request.url = snap.router.url(route, stream=vreq.stream)
-        host = flow.request.headers.get("host")
+        # to the loopback relay, which makes the Vertex call (with retries and failover) and adds the Google
+        # token; the path stays Vertex's, so the flow reads as the call it stands for
+        flow.request.url = f"http://127.0.0.1:{port}" + urlsplit(urls[snap.config.vertex.region]).path
         flow.request.headers.clear()
-        if host:
-            flow.request.headers["host"] = host
+        flow.request.headers["host"] = f"127.0.0.1:{port}"
         flow.request.headers["content-type"] = "application/json"
-        flow.request.headers["accept"] = "text/event-stream" if vreq.stream else "application/json"
-        # identity: a streamed body must reach the translator as plain bytes, not gzip
-        flow.request.headers["accept-encoding"] = "identity"
-        flow.request.headers["authorization"] = f"Bearer {token}"
+        flow.request.headers[PLAN_HEADER] = token
         flow.request.headers["user-agent"] = USER_AGENT
-        flow.request.content = json.dumps(vreq.body).encode()
+        flow.request.content = body
+
+    async def done(self) -> None:
+        await self.runtime.relay.stop()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        ex = exchange(flow)
+        if ex is not None:  # the flow died before the relay took its plan: do not keep it
+            self.runtime.relay.discard(ex["plan"])
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
@@ -107,6 +114,11 @@ class Translate:
             return
         ex["upstream_headers"] = time.time()
         resp = flow.response
+        ex["served_region"] = resp.headers.pop(REGION_HEADER, None)
+        ex["attempts"] = int(resp.headers.pop(ATTEMPTS_HEADER, "1") or 1)
+        if resp.headers.pop(LOCAL_ERROR_HEADER, None):
+            ex["local_error"] = True  # already an OpenAI error (modelmux's own: auth, unreachable, timeout)
+            return
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if not (ex["stream"] and 200 <= resp.status_code < 300 and is_sse):
             return  # buffered: translated in `response`
@@ -124,6 +136,10 @@ class Translate:
         if ex is None or flow.response is None or flow.response.stream:
             return
         resp = flow.response
+        if ex.get("local_error"):
+            flow.response = json_response(resp.status_code, json.loads(resp.content or b"{}"))
+            ex["done"] = time.time()
+            return
         content = resp.get_content(strict=False) or b""
         if 200 <= resp.status_code < 300:
             try:
@@ -141,7 +157,7 @@ class Translate:
                 flow.response = json_response(200, to_openai_response(msg, AnswerShape(**ex["shape"])))
         else:
             err = from_upstream(resp.status_code, resp.raw_content or b"", dict(resp.headers),
-                                model=ex["vertex_model"], region=ex["region"])
+                                model=ex["vertex_model"], region=ex.get("served_region") or ex["region"])
             log.warning("modelmux: Vertex AI answered %d for %s: %s", resp.status_code, ex["vertex_model"],
                         err.message)
             flow.response = error_response(err)

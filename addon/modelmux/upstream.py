@@ -1,0 +1,382 @@
+"""The reliable path to Vertex AI: retries, region failover, circuit breakers and timeouts, in a loopback relay.
+
+mitmproxy cannot re-send a flow, and a response it streams comes from the one server connection it opened.
+So the flow does not go to Vertex directly: it goes to this relay on 127.0.0.1, inside the modelmux process,
+which makes the Vertex call with httpx and may make it again — with backoff, in another region — until the
+first byte of a usable answer exists. Only then does the answer flow back to mitmproxy, event by event, where
+the stream translator runs as before. Once the first byte has gone to the client nothing is retried: a stream
+cannot be restarted without the client seeing the answer twice. docs/reliability.md has the whole design and
+its measured cost.
+
+Cases:
+- 2xx, or a 4xx that another attempt would not change (400, 403, 413, …): passed on as it is;
+- 429, 500, 502, 503, 504, 529, connection failures, time-outs before the first byte: retried, failing over to
+  the next region when there is one, backing off exponentially with full jitter and honouring `retry-after`,
+  within `retries.max_attempts` and `retries.max_wait_seconds`;
+- 404 (model not offered in that region): the next region, without counting against its health;
+- 401: the token is refreshed once and the call repeated;
+- a region with `circuit_breaker.failures` failures in `window_seconds` is skipped for `cooldown_seconds`,
+  then one trial request decides; new requests go straight to a healthy region;
+- no event for `timeouts.idle_seconds` mid-stream: an Anthropic `error` event (the client's SDK raises);
+- the client going away closes the relay connection, which cancels the Vertex call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import importlib.util
+import json
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from .auth import AuthError, TokenProvider
+from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
+
+log = logging.getLogger("modelmux")
+
+RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
+PLAN_HEADER = "x-modelmux-plan"
+# headers of the relay's answer that tell the addon what happened (removed before the client sees them)
+REGION_HEADER, ATTEMPTS_HEADER, LOCAL_ERROR_HEADER = "x-modelmux-region", "x-modelmux-attempts", "x-modelmux-error"
+_PASS_HEADERS = ("content-type", "content-encoding", "retry-after")
+
+
+# --- policy (pure) ------------------------------------------------------------------------------------------
+
+def backoff_delay(attempt: int, cfg: RetryConfig, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before attempt number `attempt + 1` (attempt ≥ 1): the upstream's `retry-after` when it
+    gave one, else exponential backoff with full jitter (spreads a burst of clients apart)."""
+    if retry_after is not None:
+        return retry_after
+    ceiling = min(cfg.backoff_max_seconds, cfg.backoff_initial_seconds * 2 ** (attempt - 1))
+    return rng.uniform(0, ceiling)
+
+
+class CircuitBreaker:
+    """Per-region health. Closed: used. Open (too many recent failures): skipped until the cooldown ends, then
+    one trial request (half-open) closes it again on success or reopens it on failure."""
+
+    def __init__(self, cfg: CircuitBreakerConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._open_until: dict[str, float] = {}
+        self._trial: set[str] = set()
+
+    def is_open(self, region: str) -> bool:
+        until = self._open_until.get(region)
+        if until is None:
+            return False
+        if self.clock() >= until and region not in self._trial:
+            return False  # cooldown over: a trial may go
+        return True
+
+    def order(self, regions: list[str]) -> list[str]:
+        """Healthy regions first, in configured order; open ones last (a last resort, not never)."""
+        return [r for r in regions if not self.is_open(r)] + [r for r in regions if self.is_open(r)]
+
+    def attempt(self, region: str) -> None:
+        if region in self._open_until and self.clock() >= self._open_until[region]:
+            self._trial.add(region)
+
+    def success(self, region: str) -> None:
+        self._failures.pop(region, None)
+        self._open_until.pop(region, None)
+        self._trial.discard(region)
+
+    def failure(self, region: str) -> None:
+        now = self.clock()
+        recent = self._failures.setdefault(region, deque())
+        recent.append(now)
+        while recent and recent[0] < now - self.cfg.window_seconds:
+            recent.popleft()
+        if region in self._trial or len(recent) >= self.cfg.failures:
+            if region not in self._open_until or region in self._trial:
+                log.warning("modelmux: circuit open for region %s for %.0f s", region, self.cfg.cooldown_seconds)
+            self._open_until[region] = now + self.cfg.cooldown_seconds
+            self._trial.discard(region)
+            recent.clear()
+
+    def state(self) -> dict[str, str]:
+        return {r: ("open" if self.is_open(r) else "half-open") for r in self._open_until}
+
+
+# --- the relay ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """One client request's way to Vertex: the URL per region, in preference order."""
+
+    urls: dict[str, str]  # region → URL; dict order = configured order
+    body: bytes
+    stream: bool
+    tokens: TokenProvider
+    retries: RetryConfig
+    timeouts: TimeoutsConfig
+    outcome: dict[str, object] = field(default_factory=dict)  # region, attempts, retried, failed_over
+
+
+@dataclass
+class Counters:
+    retries: int = 0
+    failovers: int = 0
+    upstream_errors: int = 0
+
+
+class Relay:
+    def __init__(self, breaker_cfg: CircuitBreakerConfig | None = None, *, rng: random.Random | None = None):
+        self.breaker = CircuitBreaker(breaker_cfg or CircuitBreakerConfig())
+        self.rng = rng or random.Random()
+        self.counters = Counters()
+        self._plans: dict[str, Plan] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._starting: asyncio.Lock | None = None
+        self.port = 0
+
+    # lifecycle
+    async def ensure_started(self) -> int:
+        if self._server is not None:
+            return self.port
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._server is None:
+                # trust_env=False: the proxy's own HTTPS_PROXY often points at the proxy itself
+                self._client = httpx.AsyncClient(trust_env=False, http2=importlib.util.find_spec("h2") is not None,
+                                                 timeout=None,
+                                                 limits=httpx.Limits(max_connections=2000,
+                                                                     max_keepalive_connections=200))
+                self._server = await asyncio.start_server(self._serve_connection, "127.0.0.1", 0)
+                self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def register(self, plan: Plan) -> str:
+        token = secrets.token_urlsafe(18)
+        self._plans[token] = plan
+        return token
+
+    def discard(self, token: str) -> None:
+        self._plans.pop(token, None)
+
+    # one connection from mitmproxy: HTTP/1.1, keep-alive, one request at a time
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    return
+                token, _body = request
+                plan = self._plans.pop(token, None)
+                if plan is None:
+                    await _write_simple(writer, 404, b'{"error": {"code": 404, "message": "unknown relay plan"}}')
+                    continue
+                # the client going away (mitmproxy closes this connection) cancels the Vertex call
+                serve = asyncio.ensure_future(self._serve(plan, writer))
+                gone = asyncio.ensure_future(reader.read(1))
+                done, _ = await asyncio.wait({serve, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if serve not in done:
+                    serve.cancel()
+                    await asyncio.gather(serve, return_exceptions=True)
+                    return
+                gone.cancel()
+                await asyncio.gather(gone, return_exceptions=True)
+                if serve.exception() is not None or not serve.result():
+                    return  # the answer could not be framed to the end: this connection is done
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, plan: Plan, writer: asyncio.StreamWriter) -> bool:
+        """Make the call (with retries) and relay the answer. True when the connection can be reused."""
+        resp, error = await self._call(plan)
+        if resp is None:
+            status, message = error
+            body = json.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                         "code": "upstream_unavailable" if status == 502 else "upstream_timeout"}})
+            await _write_simple(writer, status, body.encode(), {LOCAL_ERROR_HEADER: "1", **_outcome(plan)})
+            return True
+        try:
+            return await _relay_response(resp, writer, plan)
+        finally:
+            await resp.aclose()
+
+    async def _call(self, plan: Plan) -> tuple[httpx.Response | None, tuple[int, str]]:
+        assert self._client is not None
+        regions = self.breaker.order(list(plan.urls))
+        cfg = plan.retries
+        waited = 0.0
+        last_error: tuple[int, str] = (502, "modelmux could not reach Vertex AI")
+        last_response: httpx.Response | None = None
+        refreshed = False
+        region_i = 0
+        for attempt in range(1, cfg.max_attempts + 1):
+            region = regions[region_i % len(regions)]
+            plan.outcome.update(region=region, attempts=attempt)
+            self.breaker.attempt(region)
+            retry_after: float | None = None
+            try:
+                token = await plan.tokens.token()
+            except AuthError as err:
+                return None, (500, f"modelmux could not authenticate to Vertex AI: {err}")
+            timeout = {"connect": plan.timeouts.connect_seconds, "read": plan.timeouts.first_byte_seconds,
+                       "write": plan.timeouts.connect_seconds, "pool": plan.timeouts.connect_seconds}
+            request = self._client.build_request(
+                "POST", plan.urls[region], content=plan.body, extensions={"timeout": timeout},
+                headers={"authorization": f"Bearer {token}", "content-type": "application/json",
+                         "accept": "text/event-stream" if plan.stream else "application/json",
+                         "accept-encoding": "identity" if plan.stream else "gzip, identity",
+                         "user-agent": "modelmux"})
+            try:
+                resp = await self._client.send(request, stream=True)
+            except httpx.TimeoutException as err:
+                self.breaker.failure(region)
+                kind = "connect" if isinstance(err, httpx.ConnectTimeout) else "first byte"
+                limit = plan.timeouts.connect_seconds if kind == "connect" else plan.timeouts.first_byte_seconds
+                last_error, last_response = (504, f"Vertex AI in {region} did not answer within {limit:g} s "
+                                                  f"({kind})."), None
+            except httpx.HTTPError as err:
+                self.breaker.failure(region)
+                last_error, last_response = (502, f"modelmux could not reach Vertex AI in {region}: "
+                                                  f"{type(err).__name__}: {err}"[:400]), None
+            else:
+                status = resp.status_code
+                if status == 401 and not refreshed:
+                    await resp.aread()
+                    await resp.aclose()
+                    plan.tokens.invalidate()
+                    refreshed = True
+                    continue
+                if status == 404 and len(regions) > 1 and region_i + 1 < len(regions):
+                    await _keep(resp)
+                    last_response = resp
+                    region_i += 1  # not offered there: another region may have it
+                    self.counters.failovers += 1
+                    continue
+                if status not in RETRYABLE:
+                    if status < 500:
+                        self.breaker.success(region)
+                    timeout["read"] = plan.timeouts.idle_seconds  # from now on: the gap between events
+                    return resp, last_error
+                await _keep(resp)
+                self.breaker.failure(region)
+                self.counters.upstream_errors += 1
+                last_response = resp
+                retry_after = _seconds(resp.headers.get("retry-after"))
+            if attempt == cfg.max_attempts:
+                break
+            # fail over at once when another region is healthy; back off before retrying the same one
+            nxt = self.breaker.order(list(plan.urls))
+            others = [r for r in nxt if r != region and not self.breaker.is_open(r)]
+            if others:
+                regions, region_i = [*others, *[r for r in nxt if r not in others]], 0
+                self.counters.failovers += 1
+                plan.outcome["failed_over"] = True
+                continue
+            delay = backoff_delay(attempt, cfg, retry_after, self.rng)
+            if waited + delay > cfg.max_wait_seconds:
+                break  # the client is better served by the error (and its retry-after) now
+            self.counters.retries += 1
+            plan.outcome["retried"] = True
+            waited += delay
+            await asyncio.sleep(delay)
+        if last_response is not None:
+            return last_response, last_error
+        return None, last_error
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP/1.1 {status} Error"  # 529 and other non-standard codes
+
+
+def _outcome(plan: Plan) -> dict[str, str]:
+    return {REGION_HEADER: str(plan.outcome.get("region", "")), ATTEMPTS_HEADER: str(plan.outcome.get("attempts", 0))}
+
+
+async def _keep(resp: httpx.Response) -> None:
+    """Read an error answer fully (it may become the final one) and free its connection."""
+    await resp.aread()
+    await resp.aclose()
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, bytes] | None:
+    """One HTTP/1.1 request from mitmproxy: (plan token, body); None at a clean end of the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as err:
+        if err.partial.strip():
+            raise
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length") or 0)
+    body = await reader.readexactly(length) if length else b""
+    return headers.get(PLAN_HEADER, ""), body
+
+
+async def _write_simple(writer: asyncio.StreamWriter, status: int, body: bytes,
+                        headers: dict[str, str] | None = None) -> None:
+    head = [_status_line(status), "content-type: application/json", f"content-length: {len(body)}",
+            *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    await writer.drain()
+
+
+async def _relay_response(resp: httpx.Response, writer: asyncio.StreamWriter, plan: Plan) -> bool:
+    kept = resp.is_stream_consumed  # an error answer kept from an earlier attempt, already decoded
+    passed = [k for k in _PASS_HEADERS if k in resp.headers and not (kept and k == "content-encoding")]
+    head = [_status_line(resp.status_code), *(f"{k}: {resp.headers[k]}" for k in passed),
+            *(f"{k}: {v}" for k, v in _outcome(plan).items())]
+    if kept:
+        body = resp.content
+        writer.write(("\r\n".join([*head, f"content-length: {len(body)}"]) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        return True
+    writer.write(("\r\n".join([*head, "transfer-encoding: chunked"]) + "\r\n\r\n").encode())
+    try:
+        # aiter_raw: the bytes as Vertex sent them, forwarded the moment each read returns
+        async for piece in resp.aiter_raw():
+            if piece:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+    except httpx.ReadTimeout:
+        event = {"type": "error", "error": {"type": "timeout_error", "message":
+                 f"Vertex AI sent nothing for {plan.timeouts.idle_seconds:g} s; the answer is incomplete."}}
+        piece = f"\n\nevent: error\ndata: {json.dumps(event)}\n\n".encode()
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+    except httpx.HTTPError as err:
+        # the upstream broke mid-answer: end our body cleanly; the translator reports the truncation
+        log.warning("modelmux: Vertex AI stream broke: %s", type(err).__name__)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True
