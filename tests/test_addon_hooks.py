@@ -7,13 +7,14 @@ from mitmproxy import exceptions
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
-from openapi import validate_completion, validate_error, validate_openai_sse
+from openapi import validate_error, validate_openai_sse
 
 from modelmux.addons import Runtime, Translate, make_addons
 
 CONFIG = """
 vertex: {project: proj, region: us-east5, base_url: "http://127.0.0.1:9"}
 auth: {access_token: static-test-token}
+retries: {max_attempts: 2, backoff_initial_seconds: 0.01}
 models:
   default: null
   map: {gpt-4o: claude-sonnet-4-5@20250929, gpt-4o-mini: claude-haiku-4-5@20251001}
@@ -52,19 +53,14 @@ async def run_request(addons, flow):
             await a.request(flow) if a.__class__ is Translate else a.request(flow)
 
 
-def anthropic_message(text="Hello"):
-    return {"id": "msg_vrtx_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 3, "output_tokens": 1}}
-
-
-async def test_request_is_rewritten_to_vertex(chain):
+async def test_streamed_request_is_rewritten_for_the_relay(chain):
     tctx, addons = chain
     assert tctx.options.connection_strategy == "lazy"
-    f = make_flow()
+    f = make_flow(body={**CHAT, "stream": True})
     await run_request(addons, f)
     assert f.response is None
-    vertex_path = "/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"
+    vertex_path = ("/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"
+                   ":streamRawPredict")
     assert f.metadata["modelmux"]["vertex_url"] == "http://127.0.0.1:9" + vertex_path
     relay = addons[2].runtime.relay
     assert f.request.url == f"http://127.0.0.1:{relay.port}{vertex_path}"  # the loopback relay, see upstream.py
@@ -77,13 +73,16 @@ async def test_request_is_rewritten_to_vertex(chain):
     body = json.loads(f.request.content)
     assert "model" not in body and body["system"] == [{"type": "text", "text": "sys"}]
 
-    f.response = tutils.tresp(status_code=200, content=json.dumps(anthropic_message()).encode(),
-                              headers=((b"content-type", b"application/json"),))
-    addons[2].responseheaders(f)
+
+async def test_unreachable_vertex_is_an_openai_502_not_mitmproxys_html(chain):
+    _, addons = chain
+    f = make_flow()  # non-streamed: called from the hook itself; nothing listens on 127.0.0.1:9
+    await run_request(addons, f)
+    assert f.response.status_code == 502 and f.response.headers["x-modelmux-attempts"] == "2"
     addons[2].response(f)
-    out = json.loads(f.response.content)
-    validate_completion(out)
-    assert out["model"] == "gpt-4o" and out["choices"][0]["message"]["content"] == "Hello"
+    err = json.loads(f.response.content)
+    validate_error(err)
+    assert err["error"]["code"] == "upstream_unavailable" and "us-east5" in err["error"]["message"]
 
 
 async def test_streamed_answer_is_translated_by_the_stream_callable(chain):
@@ -115,7 +114,7 @@ async def test_streamed_answer_is_translated_by_the_stream_callable(chain):
 
 async def test_upstream_429_becomes_openai_429_with_retry_after(chain):
     _, addons = chain
-    f = make_flow()
+    f = make_flow(body={**CHAT, "stream": True})
     await run_request(addons, f)
     f.response = tutils.tresp(status_code=429, content=json.dumps([{"error": {
         "code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}]).encode())

@@ -5,7 +5,9 @@ Anthropic-shaped body errors (the rules in docs' Vertex notes), Anthropic's SSE 
 deterministic: "You said: " plus the last user message, one "token" per whitespace-separated word; calls to the
 tools the user names (inputs valid against their schemas); "Tool results: …" after tool results; a signed thinking
 block when thinking is on; prompt-cache usage for cache_control prefixes; and the faults switched on by markers
-such as `[[status:429]]` in the last user turn (see Triggers).
+such as `[[status:429]]` in the last user turn (see Triggers). Fault rules posted to `/_emulator/faults` inject
+errors, delays, stalls, broken streams and dropped connections by endpoint, location, model and method (see Faults);
+`/_emulator/stats` counts the requests.
 
 Run it with `python -m modelmux.emulator --port 0 --service-account-out sa.json`; embed it with `await start()`.
 """
@@ -18,6 +20,7 @@ import base64
 import binascii
 import collections
 import functools
+import gzip
 import hashlib
 import hmac
 import json
@@ -61,13 +64,14 @@ log = logging.getLogger(__name__)
 # --- errors --------------------------------------------------------------------------------------------------
 
 class HttpError(Exception):
-    """An error answer: HTTP status plus the JSON body the real service sends."""
+    """An error answer: HTTP status plus the JSON body the real service sends (gzipped if `gzipped`)."""
 
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None, gzipped: bool = False):
         super().__init__(status)
         self.status = status
         self.body = body
         self.headers = headers or {}
+        self.gzipped = gzipped
 
 
 _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -1152,6 +1156,247 @@ def sse_events(gen: Generation, model: str) -> list[tuple[str, dict]]:
     return events
 
 
+# --- fault injection -----------------------------------------------------------------------------------------
+
+MAX_FAULT_MS = 600_000
+REQUIRED = object()  # an action parameter without a default
+STREAM_ONLY_ACTIONS = frozenset({"stall", "stream_error", "cut"})
+ON_ARRIVAL = frozenset({"close", "delay"})  # on the model endpoint the others wait for auth and a valid body
+FAULT_MESSAGES = {
+    429: "Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base model: "
+         "anthropic-{model}. Please submit a quota increase request. "
+         "https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai.",
+    500: "Internal error encountered.",
+    503: "The service is currently unavailable.",
+    504: "Deadline expired before operation could complete.",
+}
+STREAM_ERROR_MESSAGES = {kind: message for _, kind, message in STREAM_ERRORS.values()}
+
+
+def _status_code(value: object) -> int:
+    if not _is_int(value) or not 400 <= value <= 599:
+        raise ValueError("must be an HTTP error status from 400 to 599")
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _milliseconds(value: object) -> float:
+    if not _is_number(value) or not 0 <= value <= MAX_FAULT_MS:
+        raise ValueError(f"must be a number of milliseconds from 0 to {MAX_FAULT_MS}")
+    return float(value)
+
+
+def _event_count(value: object) -> int:
+    if not _is_int(value) or value < 0:
+        raise ValueError("must be an integer ≥ 0")
+    return value
+
+
+def _retry_after(value: object) -> int | None:
+    if value is not None and (not _is_int(value) or value < 0):
+        raise ValueError("must be a whole number of seconds ≥ 0, or null for no header")
+    return value
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _endpoint(value: object) -> str:
+    if value not in ("model", "token"):
+        raise ValueError("must be 'model' or 'token'")
+    return value
+
+
+# action → parameter → (default, check)
+ACTIONS: dict[str, dict[str, tuple[Any, Callable[[object], Any]]]] = {
+    "status": {"status": (429, _status_code), "array": (False, _flag), "gzip": (False, _flag),
+               "retry_after": (None, _retry_after)},
+    "delay": {"ms": (REQUIRED, _milliseconds)},
+    "stall": {"after_events": (0, _event_count), "ms": (REQUIRED, _milliseconds)},
+    "stream_error": {"after_events": (0, _event_count), "error_type": ("overloaded_error", _name)},
+    "cut": {"after_events": (0, _event_count)},
+    "close": {},
+}
+MATCH_KEYS: dict[str, Callable[[object], Any]] = {"endpoint": _endpoint, "location": _name, "model": _name,
+                                                   "stream": _flag}
+MODEL_ONLY_KEYS = ("location", "model", "stream")
+
+
+@dataclass(frozen=True)
+class FaultTarget:
+    """What a rule's `match` is compared with. Token requests have no location, model or method, so rules that
+    name one never match them."""
+    endpoint: str
+    location: str | None = None
+    model: str | None = None
+    stream: bool | None = None
+
+
+@dataclass
+class FaultRule:
+    match: dict[str, Any]
+    action: str
+    count: int | None  # uses it was given; None: unlimited
+    params: dict[str, Any]  # the action's parameters, defaults filled in
+    fired: int = 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.count is None else self.count - self.fired
+
+    def applies_to(self, target: FaultTarget) -> bool:
+        if self.remaining == 0 or (self.action in STREAM_ONLY_ACTIONS and not target.stream):
+            return False
+        return all(getattr(target, key) == value for key, value in self.match.items())
+
+    def describe(self) -> dict[str, Any]:
+        return {"match": self.match, "action": self.action, "count": self.count, **self.params,
+                "fired": self.fired, "remaining": self.remaining}
+
+
+def _checked(check: Callable[[object], Any], value: object, path: str) -> Any:
+    try:
+        return check(value)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def parse_rule(raw: object, path: str) -> FaultRule:
+    """A rule from its JSON; ValueError naming the first problem."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a rule must be a JSON object")
+    action = raw.get("action")
+    if action not in ACTIONS:
+        raise ValueError(f"{path}.action: must be one of {', '.join(ACTIONS)}")
+    spec = ACTIONS[action]
+    unknown = sorted(set(raw) - {"match", "action", "count"} - set(spec))
+    if unknown:
+        raise ValueError(f"{path}.{unknown[0]}: not a parameter of action '{action}'")
+    if "count" not in raw:  # no default: a forgotten count would mean one use to some, every request to others
+        raise ValueError(f"{path}.count: required (a number of requests, or null for unlimited)")
+    count = raw["count"]
+    if count is not None and (not _is_int(count) or count < 1):
+        raise ValueError(f"{path}.count: must be an integer ≥ 1, or null for unlimited")
+    params = {}
+    for name, (default, check) in spec.items():
+        if name in raw:
+            params[name] = _checked(check, raw[name], f"{path}.{name}")
+        elif default is REQUIRED:
+            raise ValueError(f"{path}.{name}: required by action '{action}'")
+        else:
+            params[name] = default
+    match = _parse_match(raw.get("match", {}), f"{path}.match")
+    _check_reachable(match, action, path)
+    return FaultRule(match, action, count, params)
+
+
+def _parse_match(raw: object, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: must be a JSON object")
+    for key in raw:
+        if key not in MATCH_KEYS:
+            raise ValueError(f"{path}.{key}: unknown; match on {', '.join(MATCH_KEYS)}")
+    return {key: _checked(MATCH_KEYS[key], value, f"{path}.{key}") for key, value in raw.items()}
+
+
+def _check_reachable(match: dict[str, Any], action: str, path: str) -> None:
+    """Refuse a rule that could never fire: it is surely a mistake in the test that posts it."""
+    token = match.get("endpoint") == "token"
+    named = [key for key in MODEL_ONLY_KEYS if key in match]
+    if token and named:
+        raise ValueError(f"{path}.match.{named[0]}: the token endpoint has none; it applies to the model endpoint")
+    if action in STREAM_ONLY_ACTIONS and (token or match.get("stream") is False):
+        raise ValueError(f"{path}.action: '{action}' applies only to streamed model requests")
+
+
+class Faults:
+    """Fault rules, tried in order: the first that applies to a request, with uses left, fires."""
+
+    def __init__(self) -> None:
+        self._rules: list[FaultRule] = []
+
+    def add(self, payload: object) -> None:
+        """Append `{"rules": [...]}`: all of them, or none when one is bad (ValueError)."""
+        if not isinstance(payload, dict) or set(payload) != {"rules"} or not isinstance(payload["rules"], list):
+            raise ValueError('expected {"rules": [rule, ...]}')
+        self._rules.extend([parse_rule(raw, f"rules[{i}]") for i, raw in enumerate(payload["rules"])])
+
+    def claim(self, target: FaultTarget, actions: frozenset[str]) -> FaultRule | None:
+        """The rule that fires for this request, if its action is one of `actions`, with one use spent. Finding
+        and spending happen in one step of the event loop, so concurrent requests never share a use."""
+        rule = next((r for r in self._rules if r.applies_to(target)), None)
+        if rule is None or rule.action not in actions:
+            return None
+        rule.fired += 1
+        return rule
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [rule.describe() for rule in self._rules]
+
+    def clear(self) -> None:
+        self._rules.clear()
+
+
+def status_answer(rule: FaultRule, target: FaultTarget) -> HttpError:
+    """A `status` rule's answer, shaped like the service at `target` sends it."""
+    params = rule.params
+    status = params["status"]
+    if target.endpoint == "token":
+        error = ("internal_failure", "Internal failure") if status >= 500 else ("invalid_request",
+                                                                                 f"Injected HTTP {status}")
+        err = oauth_error(*error, status=status)
+    elif status == 529:  # the model layer's overload, in Anthropic's shape
+        err = anthropic_error(529, "overloaded_error", "Overloaded")
+    else:
+        template = FAULT_MESSAGES.get(status, f"Injected HTTP {status}")
+        err = google_error(status, template.format(model=(target.model or "").partition("@")[0]))
+    if params["array"]:
+        err.body = [err.body]
+    if params["retry_after"] is not None:
+        err.headers["Retry-After"] = str(params["retry_after"])
+    err.gzipped = params["gzip"]
+    return err
+
+
+def faulted_events(events: list[tuple[str, dict]], rule: FaultRule | None) -> list[tuple[str, dict]]:
+    """The events left by a `cut` or `stream_error` rule. The fault always comes before message_stop, however
+    large after_events is."""
+    if rule is None or rule.action not in ("cut", "stream_error"):
+        return events
+    kept = events[:min(rule.params["after_events"], len(events) - 1)]
+    if rule.action == "cut":
+        return kept
+    kind = rule.params["error_type"]
+    return kept + [("error", {"type": "error", "error": {
+        "type": kind, "message": STREAM_ERROR_MESSAGES.get(kind, "Injected stream error")}})]
+
+
+def stall_point(events: list[tuple[str, dict]], rule: FaultRule | None) -> tuple[int, float] | None:
+    """(index of the event a `stall` rule holds back, seconds), also before message_stop at the latest."""
+    if rule is None or rule.action != "stall":
+        return None
+    return min(rule.params["after_events"], len(events) - 1), rule.params["ms"] / 1000
+
+
+@dataclass
+class Stats:
+    model_requests: collections.Counter[str] = field(default_factory=collections.Counter)  # by location
+    token_requests: int = 0
+    faults_fired: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"model_requests": dict(self.model_requests), "token_requests": self.token_requests,
+                "faults_fired": self.faults_fired}
+
+
 # --- HTTP ----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -1162,21 +1407,59 @@ class State:
     request_log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REQUEST_LOG_SIZE))
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # signs thinking blocks
     prompt_cache: PromptCache = field(default_factory=PromptCache)
+    faults: Faults = field(default_factory=Faults)
+    stats: Stats = field(default_factory=Stats)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    pausing: set[asyncio.Task] = field(default_factory=set)  # handlers inside pause()
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep; False, early, when the emulator stops: a stalled or delayed request must not hold up SIGTERM."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.pausing.add(task)
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+            return False
+        except TimeoutError:
+            return True
+        finally:
+            self.pausing.discard(task)
 
 
 class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, state: State) -> None:
         self.state = state
 
-    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         for name, value in (headers or {}).items():
             self.set_header(name, value)
-        self.finish(json.dumps(body, ensure_ascii=False))
+        data = json.dumps(body, ensure_ascii=False).encode()
+        if gzipped:  # whatever the client's Accept-Encoding says, as Vertex's 429s sometimes come
+            self.set_header("Content-Encoding", "gzip")
+            data = gzip.compress(data)
+        self.finish(data)
 
     def send_error_answer(self, err: HttpError) -> None:
-        self.send_json(err.status, err.body, err.headers)
+        self.send_json(err.status, err.body, err.headers, err.gzipped)
+
+    def claim_fault(self, target: FaultTarget, actions: frozenset[str]) -> FaultRule | None:
+        rule = self.state.faults.claim(target, actions)
+        if rule:
+            self.state.stats.faults_fired += 1
+        return rule
+
+    async def apply_on_arrival(self, rule: FaultRule) -> bool:
+        """Carry out a `close` or `delay` rule; False when the request ends here, its connection dropped."""
+        if rule.action == "delay" and await self.state.pause(rule.params["ms"] / 1000):
+            return True
+        self.drop_connection()
+        return False
+
+    def drop_connection(self) -> None:
+        """End the TCP connection, with no answer or mid-answer: the client sees the server disconnect."""
+        self.request.connection.close()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # tornado's own errors (unknown route, wrong method, a bug here) in Google's shape, not HTML
@@ -1192,7 +1475,15 @@ class NotFoundHandler(BaseHandler):
 class TokenHandler(BaseHandler):
     """POST /token, like https://oauth2.googleapis.com/token."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        self.state.stats.token_requests += 1
+        target = FaultTarget("token")
+        fault = self.claim_fault(target, frozenset(ACTIONS))  # before the JWT checks: an outage knows no grants
+        if fault and fault.action == "status":
+            self.send_error_answer(status_answer(fault, target))
+            return
+        if fault and not await self.apply_on_arrival(fault):
+            return
         arg = self.get_body_argument
         grant = arg("grant_type", "")
         try:
@@ -1233,15 +1524,28 @@ class ModelHandler(BaseHandler):
         small = len(self.request.body) <= LOGGED_BODY_BYTES
         logged_body = self.parsed if small and self.parsed is not _NOT_JSON else None
         self.log_entry = {"path": self.request.path, "method": self.request.method, "headers": headers,
-                          "authorized": False, "body": logged_body, "status": None, "response": None}
+                          "authorized": False, "body": logged_body, "status": None, "response": None,
+                          "fault": None}
         self.state.request_log.append(self.log_entry)
         self.started = time.monotonic()
 
     def on_finish(self) -> None:
-        self.log_entry["status"] = self.get_status()
+        if self.log_entry["fault"] != "close":  # a closed connection got no status
+            self.log_entry["status"] = self.get_status()
+
+    def claim_fault(self, target: FaultTarget, actions: frozenset[str]) -> FaultRule | None:
+        rule = super().claim_fault(target, actions)
+        if rule:
+            self.log_entry["fault"] = rule.action
+        return rule
 
     async def post(self, project: str, location: str, model: str, method: str) -> None:
         streaming = method == "streamRawPredict"
+        self.state.stats.model_requests[location] += 1
+        target = FaultTarget("model", location, model, streaming)
+        early = self.claim_fault(target, ON_ARRIVAL)
+        if early and not await self.apply_on_arrival(early):
+            return
         try:
             self._authorize()
             if model not in models.OUTPUT_CAPS:
@@ -1254,16 +1558,21 @@ class ModelHandler(BaseHandler):
         except HttpError as err:
             self.send_error_answer(err)
             return
+        # one rule per request; a rule that did not fire on arrival fires only for a request that passed the checks
+        fault = None if early else self.claim_fault(target, frozenset(ACTIONS) - ON_ARRIVAL)
+        if fault and fault.action == "status":
+            self.send_error_answer(status_answer(fault, target))
+            return
         cache = self.state.prompt_cache.use(cache_prefix(body, model))
         gen = generate(body, self.state.secret, new_message_id(), cache)
         if streaming:
-            await self._stream(sse_events(gen, model))
+            await self._stream(sse_events(gen, model), fault)
         else:
             self.send_json(200, message_json(gen, model))
 
-    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None, gzipped: bool = False) -> None:
         self.log_entry["response"] = {"body": body}
-        super().send_json(status, body, headers)
+        super().send_json(status, body, headers, gzipped)
 
     def _authorize(self) -> None:
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
@@ -1280,22 +1589,36 @@ class ModelHandler(BaseHandler):
         except InvalidRequest as err:
             raise anthropic_error(400, "invalid_request_error", str(err)) from None
 
-    async def _stream(self, events: list[tuple[str, dict]]) -> None:
+    async def _stream(self, events: list[tuple[str, dict]], fault: FaultRule | None) -> None:
+        """Send the events, paced, as a streamed fault rule alters them."""
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
+        events = faulted_events(events, fault)
+        stall = stall_point(events, fault)
         sent: list[dict] = []
         self.log_entry["response"] = {"events": sent}
-        for i, (name, data) in enumerate(events):
-            if i and self.state.settings.pace_ms > 0:
-                await asyncio.sleep(self.state.settings.pace_ms / 1000)
-            frame = f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-            try:
+        try:
+            for i, (name, data) in enumerate(events):
+                if not await self._wait_before(i, stall):
+                    self.drop_connection()  # the emulator is stopping
+                    return
+                frame = f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
                 for part in _split_inside_character(frame.encode()):
                     self.write(part)
                     await self.flush()
-            except tornado.iostream.StreamClosedError:
-                return  # the client went away: stop generating
-            sent.append({"t_ms": round((time.monotonic() - self.started) * 1000, 1), "event": name, "data": data})
+                sent.append({"t_ms": round((time.monotonic() - self.started) * 1000, 1), "event": name,
+                             "data": data})
+        except tornado.iostream.StreamClosedError:
+            return  # the client went away: stop generating
+
+    async def _wait_before(self, i: int, stall: tuple[int, float] | None) -> bool:
+        """A stall rule's silence, then the pacing, before event i; False when the emulator is stopping."""
+        if stall and i == stall[0]:
+            await self.flush()  # the 200 and its headers go out even when the stall comes before any event
+            if not await self.state.pause(stall[1]):
+                return False
+        pace = self.state.settings.pace_ms
+        return not (i and pace > 0) or await self.state.pause(pace / 1000)
 
 
 def _split_inside_character(frame: bytes) -> list[bytes]:
@@ -1346,6 +1669,37 @@ def _apply_settings(settings: Settings, changes: object) -> None:
     settings.pace_ms, settings.token_ttl = float(pace), ttl
 
 
+class FaultsHandler(BaseHandler):
+    """GET / POST / DELETE /_emulator/faults: list the fault rules (with `fired`, `remaining`), append
+    `{"rules": [...]}`, remove them all."""
+
+    def get(self) -> None:
+        self.send_json(200, {"rules": self.state.faults.describe()})
+
+    def post(self) -> None:
+        try:
+            self.state.faults.add(json.loads(self.request.body))
+        except ValueError as err:
+            self.send_json(400, {"error": str(err)})
+            return
+        self.get()
+
+    def delete(self) -> None:
+        self.state.faults.clear()
+        self.send_json(200, {"ok": True})
+
+
+class StatsHandler(BaseHandler):
+    """GET / DELETE /_emulator/stats: model requests by location, token requests, fault rules fired."""
+
+    def get(self) -> None:
+        self.send_json(200, self.state.stats.as_json())
+
+    def delete(self) -> None:
+        self.state.stats = Stats()
+        self.send_json(200, {"ok": True})
+
+
 class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.send_json(200, {"ok": True})
@@ -1361,6 +1715,7 @@ def make_app(state: State) -> tornado.web.Application:
     return tornado.web.Application(
         [(r"/token", TokenHandler, args), (MODEL_ROUTE, ModelHandler, args),
          (r"/_emulator/requests", RequestsHandler, args), (r"/_emulator/settings", SettingsHandler, args),
+         (r"/_emulator/faults", FaultsHandler, args), (r"/_emulator/stats", StatsHandler, args),
          (r"/_emulator/health", HealthHandler, args)],
         default_handler_class=NotFoundHandler, default_handler_args=args,
         compress_response=False)  # Vertex's Claude answers are never gzipped
@@ -1406,6 +1761,10 @@ class Emulator:
 
     async def stop(self) -> None:
         self._server.stop()
+        self.state.stopping.set()
+        pausing = set(self.state.pausing)
+        if pausing:  # stalled and delayed handlers wake, drop their connections and end: nothing left to cancel
+            await asyncio.wait(pausing, timeout=5)
         try:
             await asyncio.wait_for(self._server.close_all_connections(), timeout=5)
         except TimeoutError:

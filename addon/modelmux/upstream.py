@@ -204,14 +204,29 @@ class Relay:
         finally:
             writer.close()
 
+    async def fetch(self, plan: Plan) -> tuple[int, dict[str, str], bytes]:
+        """The whole answer of a non-streamed call, with the same retries: (status, headers, decoded body).
+        Called from the request hook itself — no relay hop, no upstream connection for mitmproxy."""
+        await self.ensure_started()
+        resp, error = await self._call(plan)
+        if resp is None:
+            return error[0], {"content-type": "application/json", LOCAL_ERROR_HEADER: "1", **_outcome(plan)}, \
+                _local_error_body(*error)
+        try:
+            body = resp.content if resp.is_stream_consumed else await resp.aread()
+        except httpx.HTTPError as err:
+            return 502, {"content-type": "application/json", LOCAL_ERROR_HEADER: "1", **_outcome(plan)}, \
+                _local_error_body(502, f"Vertex AI's answer broke off: {type(err).__name__}")
+        finally:
+            await resp.aclose()
+        headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers and k != "content-encoding"}
+        return resp.status_code, {**headers, **_outcome(plan)}, body
+
     async def _serve(self, plan: Plan, writer: asyncio.StreamWriter) -> bool:
         """Make the call (with retries) and relay the answer. True when the connection can be reused."""
         resp, error = await self._call(plan)
         if resp is None:
-            status, message = error
-            body = json.dumps({"error": {"message": message, "type": "server_error", "param": None,
-                                         "code": "upstream_unavailable" if status == 502 else "upstream_timeout"}})
-            await _write_simple(writer, status, body.encode(), {LOCAL_ERROR_HEADER: "1", **_outcome(plan)})
+            await _write_simple(writer, error[0], _local_error_body(*error), {LOCAL_ERROR_HEADER: "1", **_outcome(plan)})
             return True
         try:
             return await _relay_response(resp, writer, plan)
@@ -300,6 +315,12 @@ class Relay:
         if last_response is not None:
             return last_response, last_error
         return None, last_error
+
+
+def _local_error_body(status: int, message: str) -> bytes:
+    """modelmux's own failure (no usable upstream answer), already in OpenAI's shape."""
+    code = {502: "upstream_unavailable", 504: "upstream_timeout"}.get(status, "upstream_auth_failed")
+    return json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": code}}).encode()
 
 
 def _status_line(status: int) -> str:

@@ -90,8 +90,13 @@ class Translate:
             },
             "received": received,
         }
-        # to the loopback relay, which makes the Vertex call (with retries and failover) and adds the Google
-        # token; the path stays Vertex's, so the flow reads as the call it stands for
+        if not vreq.stream:
+            # answered here, retries included: a buffered answer needs no relay hop and no upstream connection
+            status, headers, answer = await relay.fetch(plan)
+            flow.response = http.Response.make(status, answer, headers)
+            return
+        # streamed: to the loopback relay, which makes the Vertex call (with retries and failover) and adds the
+        # Google token; the path stays Vertex's, so the flow reads as the call it stands for
         flow.request.url = f"http://127.0.0.1:{port}" + urlsplit(urls[snap.config.vertex.region]).path
         flow.request.headers.clear()
         flow.request.headers["host"] = f"127.0.0.1:{port}"
@@ -112,12 +117,8 @@ class Translate:
         ex = exchange(flow)
         if ex is None or flow.response is None:
             return
-        ex["upstream_headers"] = time.time()
         resp = flow.response
-        ex["served_region"] = resp.headers.pop(REGION_HEADER, None)
-        ex["attempts"] = int(resp.headers.pop(ATTEMPTS_HEADER, "1") or 1)
-        if resp.headers.pop(LOCAL_ERROR_HEADER, None):
-            ex["local_error"] = True  # already an OpenAI error (modelmux's own: auth, unreachable, timeout)
+        if _note_relay_headers(ex, resp):
             return
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if not (ex["stream"] and 200 <= resp.status_code < 300 and is_sse):
@@ -136,6 +137,7 @@ class Translate:
         if ex is None or flow.response is None or flow.response.stream:
             return
         resp = flow.response
+        _note_relay_headers(ex, resp)
         if ex.get("local_error"):
             flow.response = json_response(resp.status_code, json.loads(resp.content or b"{}"))
             ex["done"] = time.time()
@@ -162,6 +164,17 @@ class Translate:
                         err.message)
             flow.response = error_response(err)
         ex["done"] = time.time()
+
+
+def _note_relay_headers(ex: dict[str, Any], resp: http.Response) -> bool:
+    """Move what the relay reports (region, attempts) from the answer's headers into the record. True when the
+    answer is modelmux's own OpenAI error (auth, unreachable, timeout)."""
+    if "upstream_headers" not in ex:
+        ex["upstream_headers"] = time.time()
+        ex["served_region"] = resp.headers.pop(REGION_HEADER, None)
+        ex["attempts"] = int(resp.headers.pop(ATTEMPTS_HEADER, "1") or 1)
+        ex["local_error"] = bool(resp.headers.pop(LOCAL_ERROR_HEADER, None))
+    return ex["local_error"]
 
 
 def _stream_callable(translator: StreamTranslator, ex: dict[str, Any], thinking: ThinkingCache):
