@@ -62,7 +62,7 @@ async def test_streamed_request_is_rewritten_for_the_relay(chain):
     vertex_path = ("/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"
                    ":streamRawPredict")
     assert f.metadata["modelmux"]["vertex_url"] == "http://127.0.0.1:9" + vertex_path
-    relay = addons[2].runtime.relay
+    relay = addons[-1].runtime.relay
     assert f.request.url == f"http://127.0.0.1:{relay.port}{vertex_path}"  # the loopback relay, see upstream.py
     headers = {k.lower(): v for k, v in f.request.headers.items()}
     plan = relay._plans[headers["x-modelmux-plan"]]
@@ -79,7 +79,7 @@ async def test_unreachable_vertex_is_an_openai_502_not_mitmproxys_html(chain):
     f = make_flow()  # non-streamed: called from the hook itself; nothing listens on 127.0.0.1:9
     await run_request(addons, f)
     assert f.response.status_code == 502 and f.response.headers["x-modelmux-attempts"] == "2"
-    addons[2].response(f)
+    addons[-1].response(f)
     err = json.loads(f.response.content)
     validate_error(err)
     assert err["error"]["code"] == "upstream_unavailable" and "us-east5" in err["error"]["message"]
@@ -90,11 +90,11 @@ async def test_streamed_answer_is_translated_by_the_stream_callable(chain):
     f = make_flow(body={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
     await run_request(addons, f)
     assert f.request.url.endswith(":streamRawPredict") and json.loads(f.request.content)["stream"] is True
-    plan = addons[2].runtime.relay._plans[f.request.headers["x-modelmux-plan"]]
+    plan = addons[-1].runtime.relay._plans[f.request.headers["x-modelmux-plan"]]
     assert plan.stream and plan.urls["us-east5"].endswith(":streamRawPredict")
     f.response = tutils.tresp(status_code=200, content=None,
                               headers=((b"content-type", b"text/event-stream"), (b"content-length", b"999")))
-    addons[2].responseheaders(f)
+    addons[-1].responseheaders(f)
     assert callable(f.response.stream) and "content-length" not in f.response.headers
     assert f.response.headers["transfer-encoding"] == "chunked"
     events = [{"type": "message_start", "message": {"id": "msg_vrtx_9", "usage": {"input_tokens": 2}}},
@@ -118,8 +118,8 @@ async def test_upstream_429_becomes_openai_429_with_retry_after(chain):
     await run_request(addons, f)
     f.response = tutils.tresp(status_code=429, content=json.dumps([{"error": {
         "code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}]).encode())
-    addons[2].responseheaders(f)
-    addons[2].response(f)
+    addons[-1].responseheaders(f)
+    addons[-1].response(f)
     assert f.response.status_code == 429 and f.response.headers["retry-after"] == "1"
     validate_error(json.loads(f.response.content))
 
@@ -194,3 +194,25 @@ async def test_invalid_config_is_refused_and_missing_config_leaves_flows_alone(t
         bad.write_text("vertex: {project: p, regoin: x}\n")
         with pytest.raises(exceptions.OptionsError, match="regoin: unknown key"):
             tctx.configure(addons[0], modelmux_config=str(bad))
+
+
+async def test_pain27_client_keys_gate_every_endpoint(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + "security: {client_keys: [mm-key-1, mm-key-2]}\n")
+    addons = make_addons(Runtime())
+    with taddons.context(Proxyserver(), *addons) as tctx:
+        tctx.configure(addons[0], modelmux_config=str(path))
+        for path_, method, body in [("/v1/models", "GET", b""), ("/v1/chat/completions", "POST", CHAT)]:
+            f = make_flow(path=path_, method=method, body=body)  # carries the app's OpenAI key: not a modelmux key
+            await run_request(addons, f)
+            assert f.response.status_code == 401
+            err = json.loads(f.response.content)
+            validate_error(err)
+            assert err["error"]["code"] == "invalid_api_key" and "sk-client-secret" not in f.response.text
+        f = make_flow(path="/v1/models", method="GET", body=b"")
+        f.request.headers["authorization"] = "Bearer mm-key-2"
+        await run_request(addons, f)
+        assert f.response.status_code == 200
+        f = make_flow(host="example.com")  # not ours: not gated
+        await run_request(addons, f)
+        assert f.response is None

@@ -108,6 +108,17 @@ class TimeoutsConfig(_Strict):
     # no total limit: a long answer streams as long as it keeps moving
 
 
+class SecurityConfig(_Strict):
+    client_keys: tuple[str, ...] = Field(default=(), repr=False)  # accepted `Authorization: Bearer` keys; empty: any
+
+    @field_validator("client_keys")
+    @classmethod
+    def _no_blank(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not k.strip() for k in value):
+            raise ValueError("a client key must not be empty")
+        return value
+
+
 class Config(_Strict):
     vertex: VertexConfig
     auth: AuthConfig = AuthConfig()
@@ -118,6 +129,7 @@ class Config(_Strict):
     retries: RetryConfig = RetryConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

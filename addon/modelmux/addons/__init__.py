@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .client_auth import ClientAuth
 from .config_loader import ConfigLoader
 from .local_endpoints import LocalEndpoints
 from .runtime import Runtime
@@ -9,9 +10,10 @@ from .translate import Translate
 
 
 def make_addons(runtime: Runtime | None = None) -> list[object]:
-    """The addon chain: config first (others read the Runtime it fills), local answers before translation."""
+    """The addon chain: config first (others read the Runtime it fills), then inbound auth, then local answers,
+    then translation."""
     runtime = runtime or Runtime()
-    return [ConfigLoader(runtime), LocalEndpoints(runtime), Translate(runtime)]
+    return [ConfigLoader(runtime), ClientAuth(runtime), LocalEndpoints(runtime), Translate(runtime)]
 
 
-__all__ = ["make_addons", "Runtime", "ConfigLoader", "LocalEndpoints", "Translate"]
+__all__ = ["make_addons", "Runtime", "ClientAuth", "ConfigLoader", "LocalEndpoints", "Translate"]
