@@ -227,3 +227,13 @@ def tls_server(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pain26_streaming_answers_sse_whatever_accept_header_the_sdk_sends(client):
+    """openai-python sends `Accept: application/json` even for streams; the seed's client detection answered
+    those with JSON and broke the SDK. modelmux decides by `stream` alone."""
+    with client.chat.completions.with_streaming_response.create(model="gpt-4o", messages=HELLO, stream=True) as resp:
+        assert resp.http_request.headers["accept"] == "application/json"
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        chunks = validate_openai_sse(b"".join(resp.iter_bytes()))
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
