@@ -129,6 +129,7 @@ class Counters:
     retries: int = 0
     failovers: int = 0
     upstream_errors: int = 0
+    active: int = 0  # Vertex calls in progress (waiting, retrying or streaming)
 
 
 class Relay:
@@ -208,7 +209,11 @@ class Relay:
         """The whole answer of a non-streamed call, with the same retries: (status, headers, decoded body).
         Called from the request hook itself — no relay hop, no upstream connection for mitmproxy."""
         await self.ensure_started()
-        resp, error = await self._call(plan)
+        self.counters.active += 1
+        try:
+            resp, error = await self._call(plan)
+        finally:
+            self.counters.active -= 1
         if resp is None:
             return error[0], {"content-type": "application/json", LOCAL_ERROR_HEADER: "1", **_outcome(plan)}, \
                 _local_error_body(*error)
@@ -222,8 +227,20 @@ class Relay:
         headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers and k != "content-encoding"}
         return resp.status_code, {**headers, **_outcome(plan)}, body
 
+    def health(self) -> dict[str, object]:
+        return {"active_calls": self.counters.active, "pending_plans": len(self._plans),
+                "retries": self.counters.retries, "failovers": self.counters.failovers,
+                "upstream_errors": self.counters.upstream_errors, "circuits": self.breaker.state()}
+
     async def _serve(self, plan: Plan, writer: asyncio.StreamWriter) -> bool:
         """Make the call (with retries) and relay the answer. True when the connection can be reused."""
+        self.counters.active += 1
+        try:
+            return await self._serve_counted(plan, writer)
+        finally:
+            self.counters.active -= 1
+
+    async def _serve_counted(self, plan: Plan, writer: asyncio.StreamWriter) -> bool:
         resp, error = await self._call(plan)
         if resp is None:
             await _write_simple(writer, error[0], _local_error_body(*error), {LOCAL_ERROR_HEADER: "1", **_outcome(plan)})

@@ -2,6 +2,7 @@
 
 - `GET /v1/models`: the mapped names and the Claude models they reach, from the config;
 - `GET /v1/models/{id}`: that model if a chat request for it would be served, else 404 `model_not_found`;
+- `GET /health`: liveness and the relay's counters (calls in progress, retries, failovers, open circuits);
 - any path of ours other than `POST /v1/chat/completions`: an OpenAI-shaped 404 (or 405 for a wrong method
   on the chat path). It is never forwarded to OpenAI: the app's key must not leave the machine.
 """
@@ -49,7 +50,11 @@ class LocalEndpoints:
                 flow.response = error_response(OpenAIError(405, f"Use POST for {path}.", "invalid_request_error",
                                                            None, "method_not_allowed"))
             return
-        if method == "GET" and path == "/v1/models":
+        if method == "GET" and path in ("/health", "/v1/health"):
+            flow.response = json_response(200, {"status": "ok", "relay": self.runtime.relay.health(),
+                                                "thinking_cache_entries": len(self.runtime.thinking),
+                                                "token_refreshes": snap.tokens.refreshes})
+        elif method == "GET" and path == "/v1/models":
             body = {"object": "list", "data": [_model_object(m) for m in snap.router.listed_models()]}
             flow.response = json_response(200, body)
         elif method == "GET" and path.startswith("/v1/models/"):

@@ -75,14 +75,13 @@ class Translate:
         port = await relay.ensure_started()
         plan = Plan(urls=urls, body=body, stream=vreq.stream, tokens=snap.tokens, retries=snap.config.retries,
                     timeouts=snap.config.timeouts)
-        token = relay.register(plan)
         flow.metadata[META] = {
             "requested_model": req.model,
             "vertex_model": route.vertex_model,
             "region": snap.config.vertex.region,
             "vertex_url": urls[snap.config.vertex.region],
             "stream": vreq.stream,
-            "plan": token,
+            "plan": None,  # the relay's plan id, for streams
             "shape": {  # AnswerShape's fields
                 "model": req.model, "created": int(received), "fallback_id": secrets.token_hex(12),
                 "tool_names": vreq.tool_names, "json_tool": vreq.json_tool, "json_wrapped": vreq.json_wrapped,
@@ -97,6 +96,7 @@ class Translate:
             return
         # streamed: to the loopback relay, which makes the Vertex call (with retries and failover) and adds the
         # Google token; the path stays Vertex's, so the flow reads as the call it stands for
+        token = flow.metadata[META]["plan"] = relay.register(plan)
         flow.request.url = f"http://127.0.0.1:{port}" + urlsplit(urls[snap.config.vertex.region]).path
         flow.request.headers.clear()
         flow.request.headers["host"] = f"127.0.0.1:{port}"
@@ -110,7 +110,7 @@ class Translate:
 
     def error(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
-        if ex is not None:  # the flow died before the relay took its plan: do not keep it
+        if ex is not None and ex["plan"]:  # the flow died before the relay took its plan: do not keep it
             self.runtime.relay.discard(ex["plan"])
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
