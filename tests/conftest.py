@@ -5,3 +5,13 @@ from pathlib import Path
 # checkout whether or not it is installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addon"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Counts that tests measured (fault suite, fuzzing), shown in CI's output even when output is captured."""
+    if report.LINES:
+        terminalreporter.section("modelmux measurements")
+        for line in report.LINES:
+            terminalreporter.write_line(line)

@@ -14,6 +14,7 @@ import pytest
 from openapi import validate_error
 
 import procs
+import report
 from e2e import CLIENT_KEY, start_proxy
 
 ASK = [{"role": "user", "content": "alpha beta gamma delta"}]
@@ -214,6 +215,9 @@ async def test_fault_suite_64_concurrent_streams(env, faults):
                 if chunk.choices:
                     text += chunk.choices[0].delta.content or ""
                     finish = chunk.choices[0].finish_reason or finish
+                if i % 8 == 7 and text:  # every eighth client goes away mid-answer
+                    await stream.close()
+                    return "left", ""
         except openai.APIError as err:
             code = (err.body or {}).get("code") if isinstance(err.body, dict) else None
             assert f"You said: {words}".startswith(text), "garbled before the error"
@@ -227,17 +231,51 @@ async def test_fault_suite_64_concurrent_streams(env, faults):
     elapsed = time.monotonic() - started
     stats = faults.stats()
     completed = sum(1 for r in results if r[0] == "completed")
+    left = sum(1 for r in results if r[0] == "left")
     failures: dict[str, int] = {}
     for r in results:
         if r[0] == "failed":
             failures[r[1]] = failures.get(r[1], 0) + 1
     upstream = sum(stats["model_requests"].values())
-    print(f"\nfault suite: 64 streams in {elapsed:.1f} s: {completed} completed, failed {failures}; "
-          f"{upstream} upstream requests ({upstream - 64} retries/failovers: {stats['model_requests']}), "
-          f"{stats['faults_fired']} faults fired")
+    report.add(f"fault suite: 64 concurrent streams in {elapsed:.1f} s: {completed} completed exactly, "
+               f"{left} left early by their clients, failed with the right error {failures}; {upstream} upstream "
+               f"requests ({upstream - 64} retried or failed over: {stats['model_requests']}), "
+               f"{stats['faults_fired']} faults injected, 0 garbled, 0 silently truncated")
     # only mid-stream faults may reach a client (after the first byte nothing can be retried), each named
     assert set(failures) <= {"overloaded_error", "stream_truncated", "timeout_error"}, failures
     assert sum(failures.values()) <= 4 + 4 + 2
-    assert completed >= 64 - 10 and upstream > 64
+    assert completed + left >= 64 - 10 and left >= 1 and upstream > 64
     relay = health(env, "failover")["relay"]
     assert relay["active_calls"] == 0 and relay["pending_plans"] == 0  # nothing left behind
+
+
+def test_token_endpoint_outage(tmp_path):
+    """Tokens are refreshed early, in the background: while Google's token endpoint is down requests keep
+    using the still-valid token; with no token at all the client gets a clear OpenAI-shaped error."""
+    emu_proc, url, key = procs.emulator(tmp_path, "--token-ttl", "200")  # always inside the refresh margin
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_text(url, key, False))
+    proxy = start_proxy("modelmux-run", cfg, tmp_path / "conf")
+    faults = Faults(url)
+    try:
+        api = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{proxy.reverse_port}/v1",
+                            max_retries=0, timeout=30)
+        assert api.chat.completions.create(model="gpt-4o", messages=ASK).choices[0].message.content == ANSWER
+        faults.add({"match": {"endpoint": "token"}, "action": "status", "status": 503, "count": None})
+        for _ in range(3):
+            assert api.chat.completions.create(model="gpt-4o", messages=ASK).choices[0].message.content == ANSWER
+        assert faults.stats()["token_requests"] >= 2  # it did try to refresh, and failed, in the background
+    finally:
+        proxy.proc.stop()
+    # a fresh proxy has no token yet: the outage is the client's error now, named as such
+    proxy = start_proxy("modelmux-run", cfg, tmp_path / "conf")
+    try:
+        api = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{proxy.reverse_port}/v1",
+                            max_retries=0, timeout=30)
+        with pytest.raises(openai.InternalServerError) as err:
+            api.chat.completions.create(model="gpt-4o", messages=ASK, stream=True)
+        assert "could not authenticate to Vertex AI" in err.value.message
+        validate_error({"error": err.value.body})
+    finally:
+        proxy.proc.stop()
+        emu_proc.stop()
