@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -88,6 +89,22 @@ CLIENT_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
                    "no_proxy", "OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_PROXY", "NODE_USE_ENV_PROXY",
                    "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")
 CLIENT_KINDS_VIA_PROXY = ["https_proxy", "reverse"]  # the two ways an unmodified app reaches modelmux
+
+
+@contextlib.contextmanager
+def emulator_and_proxy(tmp: Path, launcher: str = "modelmux-run"):
+    """A fresh emulator and a proxy in front of it (default config); on exit both stop and the proxy's output is
+    checked for secrets."""
+    emu_proc, url, key = procs.emulator(tmp)
+    try:
+        p = start_proxy(launcher, write_config(tmp / "modelmux.yaml", url, key), tmp / "confdir")
+        try:
+            yield p, Emulator(url)
+        finally:
+            p.proc.stop()
+    finally:
+        emu_proc.stop()
+    assert_no_secrets(p.proc.output())
 
 
 def assert_no_secrets(output: str) -> None:

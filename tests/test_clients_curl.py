@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import pytest
 from openapi import validate_chunk, validate_completion, validate_error, validate_openai_sse
 
-import procs
-from e2e import (CLIENT_KEY, Emulator, assert_no_secrets, client_env, finish_reasons, start_proxy, stream_text,
-                 streamed_tool_calls, write_config)
+from e2e import (CLIENT_KEY, client_env, emulator_and_proxy, finish_reasons, stream_text, streamed_tool_calls)
 
 CURL = shutil.which("curl")
 pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not on PATH")
@@ -42,12 +40,8 @@ class Answer:
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("curl")
-    emu_proc, url, key = procs.emulator(tmp)
-    p = start_proxy("modelmux-run", write_config(tmp / "modelmux.yaml", url, key), tmp / "confdir")
-    yield p, Emulator(url)
-    p.proc.stop()
-    emu_proc.stop()
-    assert_no_secrets(p.proc.output())
+    with emulator_and_proxy(tmp) as running:
+        yield running
 
 
 @pytest.fixture(params=list(ROUTES))

@@ -14,9 +14,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-import procs
-from e2e import (CLIENT_KEY, CLIENT_KINDS_VIA_PROXY, Emulator, assert_no_secrets, start_proxy, use_client_env,
-                 write_config)
+from e2e import (CLIENT_KEY, CLIENT_KINDS_VIA_PROXY, emulator_and_proxy, use_client_env)
 
 ASK = "What is the weather in Paris? Use get_weather."
 
@@ -35,12 +33,8 @@ class City(BaseModel):
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("langchain")
-    emu_proc, url, key = procs.emulator(tmp)
-    p = start_proxy("modelmux-run", write_config(tmp / "modelmux.yaml", url, key), tmp / "confdir")
-    yield p, Emulator(url)
-    p.proc.stop()
-    emu_proc.stop()
-    assert_no_secrets(p.proc.output())
+    with emulator_and_proxy(tmp) as running:
+        yield running
 
 
 @pytest.fixture(params=CLIENT_KINDS_VIA_PROXY)

@@ -14,8 +14,7 @@ import pytest
 from openapi import validate_chunk, validate_completion
 
 import procs
-from e2e import (CLIENT_KEY, CLIENT_KINDS_VIA_PROXY, Emulator, assert_no_secrets, client_env, finish_reasons,
-                 start_proxy, stream_text, streamed_tool_calls, write_config)
+from e2e import (CLIENT_KEY, CLIENT_KINDS_VIA_PROXY, client_env, emulator_and_proxy, finish_reasons, stream_text, streamed_tool_calls)
 
 NODE = shutil.which("node")
 NODE_DIR = procs.ROOT / "tests" / "node"
@@ -37,12 +36,8 @@ def proxy(tmp_path_factory):
     if not (NODE_DIR / "node_modules" / "openai").is_dir():
         pytest.fail("tests/node/node_modules is missing: run scripts/setup (it runs `npm ci --prefix tests/node`)")
     tmp = tmp_path_factory.mktemp("node")
-    emu_proc, url, key = procs.emulator(tmp)
-    p = start_proxy("modelmux-run", write_config(tmp / "modelmux.yaml", url, key), tmp / "confdir")
-    yield p, Emulator(url)
-    p.proc.stop()
-    emu_proc.stop()
-    assert_no_secrets(p.proc.output())
+    with emulator_and_proxy(tmp) as running:
+        yield running
 
 
 def node_version() -> tuple[int, ...]:
