@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google.auth._exponential_backoff
 import google.auth.crypt
 import google.auth.exceptions
 import google.auth.jwt
@@ -934,4 +938,286 @@ def test_trusted_key_and_clean_sigterm(tmp_path):
         assert creds.token.startswith("ya29.emu-")
     finally:
         assert _stop(running.proc) == 0
+    assert "Traceback" not in running.stderr_path.read_text()
+
+
+# --- fault rules and stats -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def faults(client: httpx.Client) -> Iterator[Callable[..., list[dict]]]:
+    """Post fault rules (returns the listing); the rules and stats start empty, and the rules go afterwards."""
+    def add(*rules: dict) -> list[dict]:
+        resp = client.post("/_emulator/faults", json={"rules": list(rules)})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["rules"]
+
+    client.delete("/_emulator/faults")
+    client.delete("/_emulator/stats")
+    yield add
+    client.delete("/_emulator/faults")
+
+
+def _rules(client: httpx.Client) -> list[dict]:
+    return client.get("/_emulator/faults").json()["rules"]
+
+
+def _call(client: httpx.Client, emu: Running, stream: bool, location: str = "us-east5") -> httpx.Response:
+    method = "streamRawPredict" if stream else "rawPredict"
+    return call(client, emu, body(stream=stream or DROP), STATIC_TOKEN, method=method, location=location)
+
+
+def _timed_events(client: httpx.Client, emu: Running) -> tuple[float, list[tuple[float, str]]]:
+    """(seconds to the response headers, [(seconds to each event, its name)]) of a streamed call."""
+    start = time.monotonic()
+    with client.stream("POST", emu.model_url(method="streamRawPredict"), json=body(stream=True),
+                       headers={"Authorization": f"Bearer {STATIC_TOKEN}"}) as resp:
+        headers_after = time.monotonic() - start
+        assert resp.status_code == 200
+        events = [(time.monotonic() - start, line[7:]) for line in resp.iter_lines() if line.startswith("event: ")]
+    return headers_after, events
+
+
+def test_fault_rules_api(client, faults):
+    listed = faults({"match": {"location": "us-east5", "stream": True}, "action": "cut", "count": 2},
+                    {"action": "status", "count": None})
+    assert listed == [
+        {"match": {"location": "us-east5", "stream": True}, "action": "cut", "count": 2, "after_events": 0,
+         "fired": 0, "remaining": 2},
+        {"match": {}, "action": "status", "count": None, "status": 429, "array": False, "gzip": False,
+         "retry_after": None, "fired": 0, "remaining": None}]
+    faults({"action": "close", "count": 1})
+    assert [r["action"] for r in _rules(client)] == ["cut", "status", "close"]  # appended
+    assert client.delete("/_emulator/faults").json() == {"ok": True}
+    assert _rules(client) == []
+
+
+@pytest.mark.parametrize("rule, problem", [
+    ({"action": "explode", "count": 1}, "rules[1].action: must be one of status, delay, stall"),
+    ({"action": "status"}, "rules[1].count: required"),
+    ({"action": "status", "count": 0}, "rules[1].count: must be an integer ≥ 1, or null"),
+    ({"action": "status", "count": 1, "status": 200}, "rules[1].status: must be an HTTP error status"),
+    ({"action": "status", "count": 1, "ms": 5}, "rules[1].ms: not a parameter of action 'status'"),
+    ({"action": "status", "count": 1, "retry_after": "soon"}, "rules[1].retry_after: must be a whole number"),
+    ({"action": "delay", "count": 1}, "rules[1].ms: required by action 'delay'"),
+    ({"action": "stall", "count": 1, "ms": -1}, "rules[1].ms: must be a number of milliseconds"),
+    ({"action": "cut", "count": 1, "after_events": 1.5}, "rules[1].after_events: must be an integer ≥ 0"),
+    ({"action": "close", "count": 1, "match": {"region": "x"}}, "rules[1].match.region: unknown"),
+    ({"action": "close", "count": 1, "match": {"endpoint": "models"}}, "rules[1].match.endpoint: must be 'model'"),
+    ({"action": "close", "count": 1, "match": {"endpoint": "token", "location": "us-east5"}},
+     "rules[1].match.location: the token endpoint has none"),
+    ({"action": "cut", "count": 1, "match": {"stream": False}}, "rules[1].action: 'cut' applies only to streamed"),
+    ({"action": "stall", "ms": 1, "count": 1, "match": {"endpoint": "token"}}, "rules[1].action: 'stall' applies"),
+    ("close", "rules[1]: a rule must be a JSON object"),
+])
+def test_bad_fault_rules_are_400(client, faults, rule, problem):
+    resp = client.post("/_emulator/faults", json={"rules": [{"action": "close", "count": 1}, rule]})
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith(problem), resp.json()
+    assert _rules(client) == []  # all or nothing
+
+
+def test_bad_fault_payload_is_400(client, faults):
+    for payload in (b"[", b'[{"action": "close"}]', b'{"rules": {}}', b'{"rules": [], "more": 1}'):
+        assert client.post("/_emulator/faults", content=payload).status_code == 400
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_status_fault(client, emu, faults, stream):
+    faults({"action": "status", "status": 503, "count": 1},
+           {"action": "status", "status": 529, "retry_after": 7, "count": 1})
+    first, second, third = (_call(client, emu, stream) for _ in range(3))
+    assert (first.status_code, first.json()) == (503, {"error": {
+        "code": 503, "message": "The service is currently unavailable.", "status": "UNAVAILABLE"}})
+    assert "retry-after" not in first.headers and "content-encoding" not in first.headers
+    assert (second.status_code, second.json()) == (529, {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}})
+    assert second.headers["retry-after"] == "7"
+    assert third.status_code == 200
+    assert [r["remaining"] for r in _rules(client)] == [0, 0]
+
+
+def test_gzipped_array_429(client, emu, faults):
+    faults({"action": "status", "array": True, "gzip": True, "count": 1})
+    with client.stream("POST", emu.model_url(), json=body(), headers={
+            "Authorization": f"Bearer {STATIC_TOKEN}", "Accept-Encoding": "identity"}) as resp:
+        raw = b"".join(resp.iter_raw())
+    assert (resp.status_code, resp.headers["content-encoding"]) == (429, "gzip")
+    assert "retry-after" not in resp.headers
+    [error] = json.loads(gzip.decompress(raw))
+    assert error["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert error["error"]["message"].startswith("Quota exceeded for aiplatform.googleapis.com/online_prediction_"
+                                                "requests_per_base_model with base model: anthropic-claude-sonnet-4-5.")
+
+
+def test_faults_wait_for_auth_and_a_valid_body(client, emu, token, faults):
+    faults({"action": "status", "count": 1})
+    assert call(client, emu, body(max_tokens=0), token).status_code == 400  # the translation bug shows
+    assert call(client, emu, body(), "ya29.forged").status_code == 401
+    assert _rules(client)[0]["fired"] == 0
+    assert call(client, emu, body(), token).status_code == 429
+    faults({"action": "close", "count": 1})  # close (like delay) fires on arrival, before the checks
+    with pytest.raises(httpx.RemoteProtocolError):
+        call(client, emu, {"not": "valid"}, None)
+    log = client.get("/_emulator/requests").json()
+    assert [(e["status"], e["fault"]) for e in log[-4:]] == [(400, None), (401, None), (429, "status"),
+                                                             (None, "close")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_close_fault(client, emu, faults, stream):
+    faults({"match": {"stream": stream}, "action": "close", "count": 1})
+    with pytest.raises(httpx.RemoteProtocolError):
+        _call(client, emu, stream)
+    assert _call(client, emu, stream).status_code == 200
+
+
+def test_delay_fault(client, emu, faults):
+    faults({"action": "delay", "ms": 300, "count": 2})
+    start = time.monotonic()
+    assert _call(client, emu, False).json()["content"][0]["text"] == "You said: hello there world"
+    assert time.monotonic() - start >= 0.3
+    headers_after, events = _timed_events(client, emu)
+    assert headers_after >= 0.3 and events[-1][1] == "message_stop"
+    start = time.monotonic()
+    assert _call(client, emu, False).status_code == 200 and time.monotonic() - start < 0.3  # used up
+
+
+def test_stall_fault_keeps_pacing(client, emu, faults):
+    client.post("/_emulator/settings", json={"pace_ms": 20})
+    try:
+        faults({"action": "stall", "after_events": 3, "ms": 400, "count": 1},
+               {"action": "stall", "ms": 400, "count": 1})
+        assert _call(client, emu, False).status_code == 200  # streamed only: not spent here
+        _, events = _timed_events(client, emu)
+        headers_after, stalled_at_start = _timed_events(client, emu)
+    finally:
+        client.post("/_emulator/settings", json={"pace_ms": 0})
+    assert [name for _, name in events] == [name for _, name in stalled_at_start]
+    assert events[-1][1] == "message_stop"
+    assert events[3][0] - events[2][0] >= 0.4
+    logged = [e["t_ms"] for e in client.get("/_emulator/requests").json()[-2]["response"]["events"]]
+    gaps = [b - a for a, b in zip(logged, logged[1:])]  # as sent: the client's reads blur 20 ms steps
+    assert gaps[2] >= 400 and all(20 <= gap < 400 for i, gap in enumerate(gaps) if i != 2)
+    assert headers_after < 0.3 <= stalled_at_start[0][0]  # the 200 came first, then the silence
+
+
+def test_stream_error_fault(client, emu, faults):
+    faults({"action": "stream_error", "after_events": 4, "count": 1},
+           {"action": "stream_error", "error_type": "api_error", "count": 1})
+    assert _call(client, emu, False).status_code == 200  # streamed only
+    events = _events(_call(client, emu, True).text)
+    assert [n for n, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
+                                      "error"]
+    assert events[-1][1] == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    resp = _call(client, emu, True)
+    assert resp.status_code == 200
+    assert _events(resp.text) == [("error", {"type": "error", "error": {"type": "api_error",
+                                                                        "message": "Internal server error"}})]
+
+
+def test_cut_fault(client, emu, faults):
+    faults({"action": "cut", "after_events": 5, "count": 1}, {"action": "cut", "after_events": 99, "count": 1})
+    cut_early, cut_late = ([n for n, _ in _events(_call(client, emu, True).text)] for _ in range(2))
+    assert cut_early == ["message_start", "ping", "content_block_start", "content_block_delta",
+                         "content_block_delta"]
+    assert cut_late[-2:] == ["content_block_stop", "message_delta"]  # never message_stop
+    assert _events(_call(client, emu, True).text)[-1][0] == "message_stop"
+
+
+def test_rules_match_in_order(client, emu, faults):
+    faults({"match": {"location": "europe-west1"}, "action": "status", "status": 503, "count": None},
+           {"match": {"endpoint": "model", "stream": True}, "action": "status", "status": 500, "count": None},
+           {"match": {"model": "claude-opus-4-5@20251101"}, "action": "status", "status": 429, "count": None},
+           {"match": {"endpoint": "token"}, "action": "status", "status": 502, "count": None})
+    assert _call(client, emu, False).status_code == 200
+    assert _call(client, emu, False, location="europe-west1").status_code == 503
+    assert _call(client, emu, True, location="europe-west1").status_code == 503  # the first rule wins
+    assert _call(client, emu, True).status_code == 500
+    opus = call(client, emu, body(), STATIC_TOKEN, model="claude-opus-4-5%4020251101")
+    assert opus.status_code == 429 and "base model: anthropic-claude-opus-4-5." in opus.json()["error"]["message"]
+    token = client.post("/token", data={"grant_type": "refresh_token"})
+    assert (token.status_code, token.json()) == (502, {"error": "internal_failure",
+                                                       "error_description": "Internal failure"})
+    assert [r["fired"] for r in _rules(client)] == [2, 1, 1, 1]
+
+
+def test_counts_are_exact_under_concurrency(emu, client, faults):
+    faults({"match": {"location": "asia-northeast1"}, "action": "delay", "ms": 200, "count": 20},
+           {"match": {"location": "asia-northeast1"}, "action": "status", "count": 10})
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(trust_env=False, timeout=10, limits=httpx.Limits(max_connections=40)) as c:
+            url = emu.model_url(location="asia-northeast1")
+            headers = {"Authorization": f"Bearer {STATIC_TOKEN}"}
+            answers = await asyncio.gather(*(c.post(url, json=body(), headers=headers) for _ in range(40)))
+        return [a.status_code for a in answers]
+
+    statuses = asyncio.run(asyncio.wait_for(burst(), timeout=10))
+    assert sorted(statuses) == [200] * 30 + [429] * 10  # the 20 delayed answered normally
+    assert [(r["fired"], r["remaining"]) for r in _rules(client)] == [(20, 0), (10, 0)]
+    assert client.get("/_emulator/stats").json() == {"model_requests": {"asia-northeast1": 40}, "token_requests": 0,
+                                                     "faults_fired": 30}
+
+
+def test_token_endpoint_outage_is_a_refresh_error(emu, client, faults, monkeypatch):
+    # google-auth tries a token request 3 times on a 5xx, after ~1 s and ~2 s: its backoff runs 100 times faster
+    monkeypatch.setattr(google.auth._exponential_backoff, "time",
+                        types.SimpleNamespace(sleep=lambda seconds: time.sleep(seconds / 100)))
+    faults({"match": {"endpoint": "token"}, "action": "status", "status": 503, "count": None})
+    creds = service_account.Credentials.from_service_account_file(str(emu.service_account_path), scopes=SCOPES)
+    with pytest.raises(google.auth.exceptions.RefreshError, match="internal_failure") as caught:
+        creds.refresh(HttpxRequest())
+    assert caught.value.retryable
+    assert _call(client, emu, False).status_code == 200  # the model endpoint is unaffected
+    assert client.get("/_emulator/stats").json()["token_requests"] == 3
+
+    client.delete("/_emulator/faults")
+    faults({"match": {"endpoint": "token"}, "action": "status", "status": 500, "count": 2})
+    creds.refresh(HttpxRequest())  # a short outage: google-auth's third try gets through
+    assert creds.token.startswith("ya29.emu-")
+    faults({"match": {"endpoint": "token"}, "action": "close", "count": 1})
+    with pytest.raises(httpx.RemoteProtocolError):
+        creds.refresh(HttpxRequest())
+
+
+def test_stats(client, emu, faults):
+    assert client.get("/_emulator/stats").json() == {"model_requests": {}, "token_requests": 0, "faults_fired": 0}
+    faults({"action": "status", "count": 1})
+    _call(client, emu, False)
+    _call(client, emu, True, location="global")
+    call(client, emu, body(), None, location="global")  # refused requests count too
+    client.post("/token", data={"grant_type": "nonsense"})
+    assert client.get("/_emulator/stats").json() == {"model_requests": {"us-east5": 1, "global": 2},
+                                                     "token_requests": 1, "faults_fired": 1}
+    assert client.delete("/_emulator/stats").json() == {"ok": True}
+    assert client.get("/_emulator/stats").json() == {"model_requests": {}, "token_requests": 0, "faults_fired": 0}
+
+
+def test_sigterm_with_stalled_and_delayed_requests(tmp_path):
+    running = _launch(tmp_path, "--accept-token", STATIC_TOKEN)
+    try:
+        with httpx.Client(base_url=running.url, trust_env=False, timeout=5) as admin:
+            admin.post("/_emulator/faults", json={"rules": [
+                {"match": {"stream": True}, "action": "stall", "after_events": 2, "ms": 60_000, "count": 1},
+                {"match": {"location": "global"}, "action": "delay", "ms": 60_000, "count": 1}]}).raise_for_status()
+            path = running.model_url(location="global").removeprefix(running.url)
+            with socket.create_connection(("127.0.0.1", httpx.URL(running.url).port), timeout=5) as delayed, \
+                    admin.stream("POST", running.model_url(method="streamRawPredict"), json=body(stream=True),
+                                 headers={"Authorization": f"Bearer {STATIC_TOKEN}"}) as stalled:
+                delayed.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+                events = (line for line in stalled.iter_lines() if line.startswith("event: "))
+                assert [next(events), next(events)] == ["event: message_start", "event: ping"]
+                deadline = time.monotonic() + 5
+                while admin.get("/_emulator/stats").json()["model_requests"].get("global") != 1:
+                    assert time.monotonic() < deadline, "the delayed request did not arrive"
+                    time.sleep(0.02)
+                start = time.monotonic()
+                assert _stop(running.proc) == 0
+                assert time.monotonic() - start < 2
+                with pytest.raises(httpx.RemoteProtocolError):  # the stream ends without its last chunk
+                    list(events)
+                assert delayed.recv(100) == b""  # closed without an answer
+    finally:
+        if running.proc.poll() is None:
+            _stop(running.proc)
     assert "Traceback" not in running.stderr_path.read_text()
