@@ -330,3 +330,10 @@ def test_prompt_cache_breakpoints_become_cache_control():
         {"role": "user", "content": "q"}]))
     assert v.body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
     assert "cache_control" not in v.body["messages"][0]["content"][0]
+
+
+@pytest.mark.parametrize("url", ["http://x:99999/a.png", "http://[::1/a.png", "https:///a.png", "http://x:0/a.png"])
+def test_pain7_malformed_image_urls_are_a_400_before_any_fetch(url):
+    with pytest.raises(OpenAIError) as err:
+        vertex(body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]))
+    assert err.value.param == "messages[0].content[0].image_url.url"

@@ -45,13 +45,17 @@ def _is_public(address: str) -> bool:
 
 
 async def _check_host(url: str, settings: ImagesConfig) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a bad port or IPv6 literal (also in a redirect's location)
+        raise invalid_request(f"Image URL {url[:200]} is not a valid URL.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid_request(f"Image URL {url[:200]} is not an http(s) URL.")
     if settings.allow_private_networks:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443,
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port or 443,
                                                             type=socket.SOCK_STREAM)
     except OSError:
         raise invalid_request(f"Image URL {url[:200]}: the host cannot be resolved.") from None

@@ -31,7 +31,7 @@ from ..thinking_cache import ThinkingCache
 from ..upstream import ATTEMPTS_HEADER, LOCAL_ERROR_HEADER, PLAN_HEADER, REGION_HEADER, Plan
 from ..vertex import UnknownModel
 from .local_endpoints import error_response, json_response
-from .runtime import Runtime
+from .runtime import Runtime, Snapshot
 from .scope import CHAT_PATH, is_ours, route_path
 
 log = logging.getLogger("modelmux")
@@ -55,6 +55,16 @@ class Translate:
             return
         if not is_ours(flow, snap.intercept_hosts) or route_path(flow) != CHAT_PATH:
             return
+        try:
+            await self._translate_request(flow, snap)
+        except Exception as err:
+            # never let a flow of ours continue unanswered: it would go to api.openai.com with the app's key
+            log.exception("modelmux: request translation failed")
+            flow.response = error_response(OpenAIError(500, f"modelmux failed to translate the request: "
+                                                            f"{type(err).__name__}", "server_error", None,
+                                                       "translation_failed"))
+
+    async def _translate_request(self, flow: http.HTTPFlow, snap: Snapshot) -> None:
         received = time.time()
         try:
             req = parse_request(flow.request.get_content(strict=False) or b"")

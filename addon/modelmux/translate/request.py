@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -317,6 +318,13 @@ def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
             raise invalid_request(f"Unsupported image type {media}: use png, jpeg, gif or webp.", param=param)
         return {"type": "image", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
     if url.startswith(("http://", "https://")):
+        try:
+            parts = urlsplit(url)
+            valid = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        except ValueError:  # a bad port or IPv6 literal
+            valid = False
+        if not valid:
+            raise invalid_request("The image URL is not a valid http(s) URL.", param=param)
         image_urls.append(url)
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise invalid_request("An image URL must be a data: URL (base64) or an http(s) URL.", param=param)
