@@ -337,3 +337,42 @@ def test_pain7_malformed_image_urls_are_a_400_before_any_fetch(url):
     with pytest.raises(OpenAIError) as err:
         vertex(body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]))
     assert err.value.param == "messages[0].content[0].image_url.url"
+
+
+def test_pain3_reused_tool_call_ids_are_made_unique_and_still_pair():
+    v = vertex(body(tools=[WEATHER], messages=[
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "tool_calls": [call("call_0")]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "r1"},
+        {"role": "assistant", "tool_calls": [call("call_0")]},  # a framework that numbers calls per turn
+        {"role": "tool", "tool_call_id": "call_0", "content": "r2"},
+    ]))
+    ids = [b["id"] for t in v.body["messages"] for b in t["content"] if b["type"] == "tool_use"]
+    results = [b["tool_use_id"] for t in v.body["messages"] for b in t["content"] if b["type"] == "tool_result"]
+    assert ids == results == ["call_0", "call_0_2"]
+    with pytest.raises(OpenAIError) as err:
+        vertex(body(tools=[WEATHER], messages=[{"role": "user", "content": "a"},
+                                               {"role": "assistant", "tool_calls": [call("c"), call("c")]}]))
+    assert err.value.param == "messages[1].tool_calls[1].id"
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', None),
+    (b"[" * 10000 + b"]" * 10000, None),
+    (body(messages=[{"role": "user", "content": "x"},
+                    {"role": "assistant", "tool_calls": [call("c", args='{"a": Infinity}')]}]),
+     "messages[1].tool_calls[0].function.arguments"),
+])
+def test_non_json_numbers_and_deep_nesting_are_a_400(raw, param):
+    with pytest.raises(OpenAIError) as err:
+        vertex(raw)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_odd_names_ids_and_users_never_crash():
+    v = vertex(body(user="\ud800", tools=[{"type": "function", "function": {"name": "f\n"}}], messages=[
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "tool_calls": [call("id\n", "f\n", "{}")]},
+        {"role": "tool", "tool_call_id": "id\n", "content": "r"}]))
+    assert v.body["tools"][0]["name"] != "f\n" and v.body["messages"][1]["content"][0]["id"] != "id\n"
+    assert v.body["messages"][2]["content"][0]["tool_use_id"] == v.body["messages"][1]["content"][0]["id"]

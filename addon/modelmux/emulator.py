@@ -437,17 +437,17 @@ def _check_document_block(block: dict, path: str, role: str) -> None:
 
 def _check_tool_use_block(block: dict, path: str, role: str) -> None:
     tool_id = _check_string(_require(block, "id", f"{path}."), f"{path}.id")
-    if not TOOL_ID.match(tool_id):
+    if not TOOL_ID.fullmatch(tool_id):
         raise InvalidRequest(f"{path}.id: String should match pattern '{TOOL_ID.pattern}'")
     name = _check_string(_require(block, "name", f"{path}."), f"{path}.name")
-    if not TOOL_NAME.match(name):
+    if not TOOL_NAME.fullmatch(name):
         raise InvalidRequest(f"{path}.name: String should match pattern '{TOOL_NAME.pattern}'")
     _check_dict(_require(block, "input", f"{path}."), f"{path}.input")
 
 
 def _check_tool_result_block(block: dict, path: str, role: str) -> None:
     tool_id = _check_string(_require(block, "tool_use_id", f"{path}."), f"{path}.tool_use_id")
-    if not TOOL_ID.match(tool_id):
+    if not TOOL_ID.fullmatch(tool_id):
         raise InvalidRequest(f"{path}.tool_use_id: String should match pattern '{TOOL_ID.pattern}'")
     content = block.get("content", "")
     if isinstance(content, list):
@@ -575,7 +575,7 @@ def _check_tools(body: dict) -> None:
     for k, tool in enumerate(_check_list(body.get("tools", []), "tools")):
         path = f"tools.{k}"
         name = _check_string(_require(_check_dict(tool, path), "name", f"{path}."), f"{path}.name")
-        if not TOOL_NAME.match(name):
+        if not TOOL_NAME.fullmatch(name):
             raise InvalidRequest(f"{path}.name: String should match pattern '{TOOL_NAME.pattern}'")
         if name in names:
             raise InvalidRequest("tools: Tool names must be unique.")

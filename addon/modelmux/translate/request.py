@@ -180,6 +180,15 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 NO_RESULT_TEXT = "No result was provided for this tool call (it is missing from the conversation history)."
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads without NaN / Infinity: Python accepts them, Vertex (and JSON) does not."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def _param(loc: tuple[Any, ...]) -> str:
     """pydantic location → OpenAI's param notation: ('messages', 0, 'content') → 'messages[0].content'."""
     out = ""
@@ -199,7 +208,9 @@ def _param(loc: tuple[Any, ...]) -> str:
 def parse_request(raw: bytes) -> ChatRequest:
     """Validate the client's body. Raises OpenAIError (400) naming the offending parameter."""
     try:
-        data = json.loads(raw)
+        data = strict_json(raw)
+    except RecursionError:
+        raise invalid_request("The JSON body of your request is nested too deeply.") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid_request(f"We could not parse the JSON body of your request: {err}") from None
     if not isinstance(data, dict):
@@ -231,20 +242,25 @@ def parse_request(raw: bytes) -> ChatRequest:
 # --- names and ids ------------------------------------------------------------------------------------------
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return hashlib.sha256(_utf8(text)).hexdigest()[:8]
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: JSON can carry lone surrogates (\ud800); they must hash, not crash
+    return text.encode("utf-8", "surrogatepass")
 
 
 def claude_tool_name(name: str) -> str:
     """A name Anthropic accepts (`^[a-zA-Z0-9_-]{1,128}$`), the same every time for the same input: MCP-style
     `server.tool`, `a/b`, `ns:fn` → `server_tool_1a2b3c4d` (the hash keeps `a.b` and `a_b` apart)."""
-    if _NAME_OK.match(name):
+    if _NAME_OK.fullmatch(name):  # fullmatch: `$` alone would let a trailing newline through
         return name
     return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:119] + "_" + _digest(name)
 
 
 def claude_tool_id(ident: str) -> str:
     """A tool-use id Anthropic accepts, deterministic so a call and its result still pair up."""
-    if _ID_OK.match(ident):
+    if _ID_OK.fullmatch(ident):
         return ident
     return "mm_" + re.sub(r"[^a-zA-Z0-9_-]", "_", ident)[:64] + "_" + _digest(ident)
 
@@ -272,6 +288,27 @@ class _Builder:
     def __init__(self) -> None:
         self.turns: list[dict[str, Any]] = []
         self.pending_calls: dict[str, str] = {}  # Claude id → param of the call, still waiting for its result
+        self.used_ids: set[str] = set()  # Anthropic wants every tool_use id unique in the conversation
+        self.round_ids: dict[str, str] = {}  # the client's id → Claude id, for the current round of calls
+
+    def register_calls(self, calls: list[dict[str, Any]], client_ids: list[str], index: int) -> None:
+        """Record an assistant turn's calls. An id the client reuses from an earlier turn (some frameworks
+        number calls per turn) is made unique; the same id twice in one turn cannot be paired: 400."""
+        self.round_ids = {}
+        for j, (call, client_id) in enumerate(zip(calls, client_ids)):
+            if client_id in self.round_ids:
+                raise invalid_request("Two tool calls of one message share an id.",
+                                      param=f"messages[{index}].tool_calls[{j}].id")
+            ident, n = call["id"], 2
+            while call["id"] in self.used_ids:
+                call["id"] = f"{ident}_{n}"
+                n += 1
+            self.used_ids.add(call["id"])
+            self.round_ids[client_id] = call["id"]
+            self.pending_calls[call["id"]] = f"messages[{index}].tool_calls[{j}]"
+
+    def result_id(self, client_id: str) -> str:
+        return self.round_ids.get(client_id) or claude_tool_id(client_id)
 
     def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
         if not blocks:
@@ -385,8 +422,8 @@ def _tool_use_blocks(msg: Message, index: int, thinking_for: ThinkingLookup | No
     for j, call in enumerate(msg.tool_calls or []):
         param = f"messages[{index}].tool_calls[{j}].function.arguments"
         try:
-            args = json.loads(call.function.arguments) if call.function.arguments.strip() else {}
-        except ValueError:
+            args = strict_json(call.function.arguments) if call.function.arguments.strip() else {}
+        except (ValueError, RecursionError):
             raise invalid_request("Tool call arguments must be a JSON object.", param=param) from None
         if not isinstance(args, dict):
             raise invalid_request("Tool call arguments must be a JSON object.", param=param)
@@ -428,25 +465,30 @@ def _tools(req: ChatRequest) -> tuple[list[dict[str, Any]], dict[str, str]]:
     return tools, names
 
 
+def _function_name(obj: Any) -> str | None:
+    """`{"function": {"name": N}}` → N, or None for any other shape."""
+    fn = obj.get("function") if isinstance(obj, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def _tool_choice(req: ChatRequest, names: dict[str, str], tools: list[dict[str, Any]]) -> dict[str, Any] | None:
     choice = req.tool_choice
+    kind = choice.get("type") if isinstance(choice, dict) else None
     if choice is None:
         result = None
-    elif choice == "none":
-        result = {"type": "none"}
-    elif choice == "auto":
-        result = {"type": "auto"}
-    elif choice == "required":
-        result = {"type": "any"}
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
-        if not isinstance(name, str) or claude_tool_name(name) not in names:
+    elif choice in ("none", "auto", "required"):
+        result = {"type": {"none": "none", "auto": "auto", "required": "any"}[choice]}
+    elif kind == "function":
+        name = _function_name(choice)
+        if name is None or claude_tool_name(name) not in names:
             raise invalid_request(f"tool_choice names a function that is not in tools: {name!r}.",
                                   param="tool_choice.function.name")
         result = {"type": "tool", "name": claude_tool_name(name)}
-    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
-        keep = {claude_tool_name((t.get("function") or {}).get("name", "")) for t in allowed.get("tools") or []}
+    elif kind == "allowed_tools" and isinstance(choice.get("allowed_tools"), dict) \
+            and isinstance(choice["allowed_tools"].get("tools"), list):
+        allowed = choice["allowed_tools"]
+        keep = {claude_tool_name(n) for n in map(_function_name, allowed["tools"]) if n is not None}
         tools[:] = [t for t in tools if t["name"] in keep]
         result = {"type": "any" if allowed.get("mode") == "required" else "auto"}
     else:
@@ -521,10 +563,11 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
                 text = [{"type": "text", "text": msg.refusal}]
             thought, calls = _tool_use_blocks(msg, i, thinking_for)
             b.add("assistant", thought + text + calls)  # thinking first, as Claude produced it
-            for j, call in enumerate(calls):
-                b.pending_calls[call["id"]] = f"messages[{i}].tool_calls[{j}]"
+            b.register_calls(calls, [c.id for c in msg.tool_calls or []], i)
         elif role == "tool":
-            b.add_tool_result(_tool_result_block(msg, i, ttl, image_urls), f"messages[{i}].tool_call_id")
+            block = _tool_result_block(msg, i, ttl, image_urls)
+            block["tool_use_id"] = b.result_id(msg.tool_call_id or "")
+            b.add_tool_result(block, f"messages[{i}].tool_call_id")
         else:
             raise invalid_request("The deprecated `function` role is not supported; use tool messages.",
                                   param=f"messages[{i}].role", code="unsupported_parameter")
@@ -608,7 +651,7 @@ def _thinking_budget(req: ChatRequest, choice: dict[str, Any] | None, turns: lis
 
 def _hash_user(user: str) -> str:
     # Vertex rejects emails and phone numbers as user_id; a stable hash still groups one user's requests.
-    return "user-" + hashlib.sha256(user.encode()).hexdigest()[:32]
+    return "user-" + hashlib.sha256(_utf8(user)).hexdigest()[:32]
 
 
 def inline_images(body: dict[str, Any], fetched: dict[str, tuple[str, str]]) -> None:
