@@ -376,3 +376,21 @@ def test_odd_names_ids_and_users_never_crash():
         {"role": "tool", "tool_call_id": "id\n", "content": "r"}]))
     assert v.body["tools"][0]["name"] != "f\n" and v.body["messages"][1]["content"][0]["id"] != "id\n"
     assert v.body["messages"][2]["content"][0]["tool_use_id"] == v.body["messages"][1]["content"][0]["id"]
+
+
+def test_only_the_latest_four_cache_breakpoints_are_kept():
+    part = lambda t: {"type": "text", "text": t, "prompt_cache_breakpoint": {"mode": "explicit"}}  # noqa: E731
+    v = vertex(body(messages=[{"role": "system", "content": [part("s1"), part("s2")]},
+                              {"role": "user", "content": [part("u1"), part("u2"), part("u3")]}]))
+    marks = [b["text"] for b in v.body["system"] + v.body["messages"][0]["content"] if "cache_control" in b]
+    assert marks == ["s2", "u1", "u2", "u3"]
+
+
+def test_pain7_base64_is_checked_and_unwrapped():
+    v = vertex(body(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO\nRw0K\nGgo="}}]}]))
+    assert v.body["messages"][0]["content"][0]["source"]["data"] == "iVBORw0KGgo="
+    with pytest.raises(OpenAIError) as err:
+        vertex(body(messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,not*base64"}}]}]))
+    assert err.value.param == "messages[0].content[0].image_url.url"

@@ -177,6 +177,8 @@ _NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 _ID_OK = re.compile(r"^[a-zA-Z0-9_-]+$")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(.*)$", re.S)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+MAX_CACHE_BREAKPOINTS = 4  # Anthropic's limit; OpenAI also keeps only the latest explicit ones
 NO_RESULT_TEXT = "No result was provided for this tool call (it is missing from the conversation history)."
 
 
@@ -353,7 +355,7 @@ def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
         media = m.group(1).lower()
         if media not in IMAGE_TYPES:
             raise invalid_request(f"Unsupported image type {media}: use png, jpeg, gif or webp.", param=param)
-        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": _base64(m.group(2), param)}}
     if url.startswith(("http://", "https://")):
         try:
             parts = urlsplit(url)
@@ -367,6 +369,13 @@ def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
     raise invalid_request("An image URL must be a data: URL (base64) or an http(s) URL.", param=param)
 
 
+def _base64(data: str, param: str) -> str:
+    compact = "".join(data.split())  # line-wrapped base64 is common; Vertex wants it unwrapped
+    if not compact or len(compact) % 4 or not _BASE64.fullmatch(compact):
+        raise invalid_request("The data URL does not hold valid base64 data.", param=param)
+    return compact
+
+
 def _file_block(part: FilePart, param: str) -> dict[str, Any]:
     data = part.file.file_data or ""
     m = _DATA_URL.match(data)
@@ -375,9 +384,9 @@ def _file_block(part: FilePart, param: str) -> dict[str, Any]:
                               "are not available to Claude.", param=param, code="unsupported_parameter")
     media = m.group(1).lower()
     if media == "application/pdf":
-        return {"type": "document", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
+        return {"type": "document", "source": {"type": "base64", "media_type": media, "data": _base64(m.group(2), param)}}
     if media in IMAGE_TYPES:
-        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": m.group(2)}}
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": _base64(m.group(2), param)}}
     raise invalid_request(f"Unsupported file type {media}: Claude reads PDF documents and images.", param=param)
 
 
@@ -576,6 +585,7 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
         raise invalid_request("The conversation needs at least one user or assistant message with content.",
                               param="messages")
 
+    _keep_latest_breakpoints(system, b.turns)
     body: dict[str, Any] = {"anthropic_version": anthropic_version, "messages": b.turns}
     if system:
         body["system"] = system
@@ -624,6 +634,17 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
     include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
     return VertexRequest(body=body, stream=stream, include_usage=include_usage, tool_names=names,
                          json_tool=json_tool, json_wrapped=wrapped, image_urls=image_urls, thinking=bool(thinking))
+
+
+def _keep_latest_breakpoints(system: list[dict[str, Any]], turns: list[dict[str, Any]]) -> None:
+    """Only the last MAX_CACHE_BREAKPOINTS `cache_control` marks stay: Vertex rejects more."""
+    marked = [b for b in system if "cache_control" in b]
+    for turn in turns:
+        for block in turn["content"]:
+            marked += [x for x in [block, *(block.get("content") or [] if block["type"] == "tool_result" else [])]
+                       if isinstance(x, dict) and "cache_control" in x]
+    for block in marked[:-MAX_CACHE_BREAKPOINTS]:
+        del block["cache_control"]
 
 
 def _thinking_budget(req: ChatRequest, choice: dict[str, Any] | None, turns: list[dict[str, Any]], max_tokens: int,
