@@ -384,7 +384,8 @@ def _file_block(part: FilePart, param: str) -> dict[str, Any]:
                               "are not available to Claude.", param=param, code="unsupported_parameter")
     media = m.group(1).lower()
     if media == "application/pdf":
-        return {"type": "document", "source": {"type": "base64", "media_type": media, "data": _base64(m.group(2), param)}}
+        source = {"type": "base64", "media_type": media, "data": _base64(m.group(2), param)}
+        return {"type": "document", "source": source}
     if media in IMAGE_TYPES:
         return {"type": "image", "source": {"type": "base64", "media_type": media, "data": _base64(m.group(2), param)}}
     raise invalid_request(f"Unsupported file type {media}: Claude reads PDF documents and images.", param=param)
