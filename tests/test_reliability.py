@@ -5,7 +5,6 @@ what modelmux made of the fault). `pain N` names the item of ../shared/notes/pai
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import httpx
