@@ -2,9 +2,10 @@
 
 Cases:
 - request: parse and validate (bad input → OpenAI 400 answered locally, nothing sent upstream); route the
-  model (unknown with no default → 404); fetch image URLs; hand the Vertex call (`:rawPredict` /
-  `:streamRawPredict`, every region to try) to the loopback relay (upstream.py) and point the flow at it with
-  a fresh header set — the client's OpenAI key, `openai-*` / `x-stainless-*` headers and cookies never leave.
+  model (unknown with no default → 404); fetch image URLs; plan the Vertex call (every region to try, see
+  upstream.py). Non-streamed: the hook makes the call itself (retries included) and sets the response.
+  Streamed: the flow is pointed at the loopback relay with a fresh header set. Either way the client's OpenAI
+  key, `openai-*` / `x-stainless-*` headers and cookies never leave; a translation bug answers 500.
 - responseheaders, 2xx `text/event-stream`: stream through a StreamTranslator, one upstream event → one
   chunk, forwarded as it arrives.
 - response, buffered: a 2xx JSON message → chat.completion; any non-2xx → the OpenAI error of the same
