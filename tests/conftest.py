@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addon"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
+from e2e import emulator, proxy  # noqa: E402, F401  (fixtures: an emulator, and each launcher in turn in front of it)
 
 
 def pytest_terminal_summary(terminalreporter):

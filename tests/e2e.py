@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 import procs
 
@@ -80,6 +81,29 @@ class Emulator:
 
     def set_pace(self, ms: float) -> None:
         self._http.post("/_emulator/settings", content=json.dumps({"pace_ms": ms}))
+
+
+# --- fixtures for the modules that test both launchers (conftest.py makes them available everywhere) ---------
+
+LAUNCHERS = ["mitmdump", "modelmux-run"]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    proc, url, key = procs.emulator(tmp_path_factory.mktemp("emulator"))
+    yield Emulator(url), key
+    proc.stop()
+
+
+@pytest.fixture(scope="module", params=LAUNCHERS)
+def proxy(request, emulator, tmp_path_factory):
+    """A real `mitmdump -s addon/modelmux_addon.py` and a real `modelmux run`, in turn."""
+    emu, key = emulator
+    tmp = tmp_path_factory.mktemp(request.param)
+    p = start_proxy(request.param, write_config(tmp / "modelmux.yaml", emu.url, key), tmp / "confdir")
+    yield p
+    p.proc.stop()
+    assert_no_secrets(p.proc.output())
 
 
 # --- helpers for the real-client tests (tests/test_clients_*.py) --------------------------------------------

@@ -15,11 +15,8 @@ import pytest
 from openapi import sse_payloads, validate_chunk, validate_completion, validate_error, validate_openai_sse
 from pydantic import BaseModel
 
-import procs
-from e2e import (CLIENT_KINDS_VIA_PROXY, Emulator, assert_no_secrets, finish_reasons, openai_client, start_proxy,
-                 stream_text, streamed_tool_calls, write_config)
+from e2e import (CLIENT_KINDS_VIA_PROXY, Emulator, finish_reasons, openai_client, stream_text, streamed_tool_calls)
 
-LAUNCHERS = ["modelmux-run", "mitmdump"]
 ANTHROPIC_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 
 WEATHER_TOOL = {"type": "function", "function": {
@@ -60,23 +57,6 @@ class Forecast(BaseModel):
 # what the fake model fills Forecast's schema with
 FORECAST = Forecast(city="city-value", celsius=4.5, days=42, rain=True, alerts=["alerts-value"], sky="clear",
                     place=Place(name="name-value", lat=4.5))
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    proc, url, key = procs.emulator(tmp_path_factory.mktemp("emulator"))
-    yield Emulator(url), key
-    proc.stop()
-
-
-@pytest.fixture(scope="module", params=LAUNCHERS)
-def proxy(request, emulator, tmp_path_factory):
-    emu, key = emulator
-    tmp = tmp_path_factory.mktemp(request.param)
-    p = start_proxy(request.param, write_config(tmp / "modelmux.yaml", emu.url, key), tmp / "confdir")
-    yield p
-    p.proc.stop()
-    assert_no_secrets(p.proc.output())
 
 
 @pytest.fixture(params=CLIENT_KINDS_VIA_PROXY)
