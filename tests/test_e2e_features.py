@@ -108,3 +108,36 @@ def test_pain18_prompt_cache_usage(client):
     assert first.usage.prompt_tokens == usage.prompt_tokens
     assert usage.prompt_tokens_details.cached_tokens == 50
     assert first.usage.prompt_tokens == 50 + 3
+
+
+def scrape(proxy) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import httpx
+    text = httpx.get(f"http://127.0.0.1:{proxy.reverse_port}/metrics", trust_env=False, timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_what_was_served(client, setup):
+    proxy, _ = setup
+    before = scrape(proxy)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "one two three"}])
+    list(client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "four five"}],
+                                        stream=True))
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "wizard", "content": "x"}])
+    after = scrape(proxy)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    mode = "proxy" if client.base_url.host == "api.openai.com" else "reverse"
+    assert delta("modelmux_requests_total", model="gpt-4o", status="200", mode=mode, stream="false") == 1
+    assert delta("modelmux_requests_total", model="gpt-4o", status="200", mode=mode, stream="true") == 1
+    assert delta("modelmux_tokens_total", model="gpt-4o", kind="output") == 5 + 4  # "You said: …" word tokens
+    assert delta("modelmux_request_duration_seconds_count", model="gpt-4o", stream="true") == 1
+    assert delta("modelmux_time_to_first_chunk_seconds_count", model="gpt-4o") == 1
+    assert after[("modelmux_active_streams", ())] == 0
+    assert ("modelmux_upstream_retries_total", ()) in after and after[("modelmux_token_refreshes_total", ())] >= 1

@@ -3,6 +3,7 @@
 - `GET /v1/models`: the mapped names and the Claude models they reach, from the config;
 - `GET /v1/models/{id}`: that model if a chat request for it would be served, else 404 `model_not_found`;
 - `GET /health`: liveness and the relay's counters (calls in progress, retries, failovers, open circuits);
+- `GET /metrics`: Prometheus text (metrics.py);
 - any path of ours other than `POST /v1/chat/completions`: an OpenAI-shaped 404 (or 405 for a wrong method
   on the chat path). It is never forwarded to OpenAI: the app's key must not leave the machine.
 """
@@ -15,6 +16,7 @@ from urllib.parse import unquote
 
 from mitmproxy import http
 
+from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from ..translate.errors import OpenAIError, model_not_found, not_found_path
 from .runtime import Runtime
 from .scope import CHAT_PATH, is_ours, route_path
@@ -50,7 +52,9 @@ class LocalEndpoints:
                 flow.response = error_response(OpenAIError(405, f"Use POST for {path}.", "invalid_request_error",
                                                            None, "method_not_allowed"))
             return
-        if method == "GET" and path in ("/health", "/v1/health"):
+        if method == "GET" and path == "/v1/metrics":
+            flow.response = http.Response.make(200, self.runtime.metrics.render(), {"content-type": METRICS_TYPE})
+        elif method == "GET" and path == "/v1/health":
             flow.response = json_response(200, {"status": "ok", "relay": self.runtime.relay.health(),
                                                 "thinking_cache_entries": len(self.runtime.thinking),
                                                 "token_refreshes": snap.tokens.refreshes})

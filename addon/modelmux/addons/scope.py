@@ -22,10 +22,12 @@ def is_ours(flow: http.HTTPFlow, hosts: frozenset[str]) -> bool:
     host = flow.request.host.lower()
     if host in hosts:
         return True
-    return _sent_to_listener(flow, host)
+    return sent_to_listener(flow)
 
 
-def _sent_to_listener(flow: http.HTTPFlow, host: str) -> bool:
+def sent_to_listener(flow: http.HTTPFlow) -> bool:
+    """A plain-HTTP request whose target is the listener's own address (`OPENAI_BASE_URL=http://127.0.0.1:PORT/v1`)."""
+    host = flow.request.host.lower()
     sock = flow.client_conn.sockname
     if not sock or flow.client_conn.tls:
         return False

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from ..images import fetch_images
 from ..translate.errors import OpenAIError, from_upstream, model_not_found
@@ -33,7 +34,7 @@ from ..upstream import ATTEMPTS_HEADER, LOCAL_ERROR_HEADER, PLAN_HEADER, REGION_
 from ..vertex import UnknownModel
 from .local_endpoints import error_response, json_response
 from .runtime import Runtime, Snapshot
-from .scope import CHAT_PATH, is_ours, route_path
+from .scope import CHAT_PATH, is_ours, route_path, sent_to_listener
 
 log = logging.getLogger("modelmux")
 
@@ -121,8 +122,20 @@ class Translate:
 
     def error(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
-        if ex is not None and ex["plan"]:  # the flow died before the relay took its plan: do not keep it
+        if ex is None:
+            return
+        if ex["plan"]:  # the flow died before the relay took its plan: do not keep it
             self.runtime.relay.discard(ex["plan"])
+        self._record(flow, ex, 499)  # nginx's "client closed request": the exchange ended without an answer
+
+    def _record(self, flow: http.HTTPFlow, ex: dict[str, Any], status: int) -> None:
+        """Metrics, once per exchange, when it ends."""
+        if ex.get("recorded"):
+            return
+        ex["recorded"] = True
+        if ex.get("streaming"):
+            self.runtime.metrics.active_streams.dec()
+        self.runtime.metrics.observe(ex, ex.get("stream_error", status), _mode(flow))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
@@ -142,11 +155,20 @@ class Translate:
             # the upstream's length (if any) is not ours: chunked framing, or HTTP/1 clients hang
             resp.headers["transfer-encoding"] = "chunked"
         resp.stream = _stream_callable(translator, ex, self.runtime.thinking)
+        ex["streaming"] = True
+        self.runtime.metrics.active_streams.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
-        if ex is None or flow.response is None or flow.response.stream:
+        if ex is None or flow.response is None:
             return
+        if flow.response.stream:  # streamed: translated chunk by chunk, now complete
+            self._record(flow, ex, flow.response.status_code)
+            return
+        self._translate_response(flow, ex)
+        self._record(flow, ex, flow.response.status_code)
+
+    def _translate_response(self, flow: http.HTTPFlow, ex: dict[str, Any]) -> None:
         resp = flow.response
         _note_relay_headers(ex, resp)
         if ex.get("local_error"):
@@ -167,7 +189,9 @@ class Translate:
             else:
                 if kept := thinking_to_keep(msg.get("content") or []):
                     self.runtime.thinking.put(*kept)
-                flow.response = json_response(200, to_openai_response(msg, AnswerShape(**ex["shape"])))
+                answer = to_openai_response(msg, AnswerShape(**ex["shape"]))
+                ex["usage"] = answer["usage"]
+                flow.response = json_response(200, answer)
         else:
             err = from_upstream(resp.status_code, resp.raw_content or b"", dict(resp.headers),
                                 model=ex["vertex_model"], region=ex.get("served_region") or ex["region"])
@@ -175,6 +199,13 @@ class Translate:
                         err.message)
             flow.response = error_response(err)
         ex["done"] = time.time()
+
+
+def _mode(flow: http.HTTPFlow) -> str:
+    mode = flow.client_conn.proxy_mode
+    if isinstance(mode, ReverseMode):
+        return "reverse"
+    return "direct" if sent_to_listener(flow) else "proxy"
 
 
 def _note_relay_headers(ex: dict[str, Any], resp: http.Response) -> bool:
@@ -203,6 +234,9 @@ def _stream_callable(translator: StreamTranslator, ex: dict[str, Any], thinking:
             ex["first_chunk"] = time.time()
         if (translator.done or translator.failed) and "done" not in ex:
             ex["done"] = time.time()
+            ex["usage"] = translator.usage
+            if translator.failed:
+                ex["stream_error"] = translator.failed.status
             # kept before [DONE] leaves: the client's next request in the tool loop may follow at once
             if kept := translator.kept_thinking:
                 thinking.put(*kept)

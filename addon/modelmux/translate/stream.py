@@ -59,6 +59,11 @@ class StreamTranslator:
         self.chunks_out = 0
 
     @property
+    def usage(self) -> dict[str, Any]:
+        """OpenAI usage of what has streamed so far (final once `done`)."""
+        return usage(self._usage)
+
+    @property
     def kept_thinking(self) -> tuple[str, list[dict[str, Any]]] | None:
         """(first tool call id, thinking blocks) to send back upstream when the client continues the loop."""
         if self._thinking and self._first_tool_id:

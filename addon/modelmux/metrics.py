@@ -1,0 +1,63 @@
+"""Prometheus metrics of the translated exchanges, built with prometheus-client on a registry of our own (two
+proxies in one process, or tests, never share series). Served at `GET /metrics` on the proxy's listener."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, relay_counters: Callable[[], dict[str, Any]], token_refreshes: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("modelmux_requests", "Chat completions answered, by requested model, status and mode",
+                                ["model", "status", "mode", "stream"], registry=self.registry)
+        self.latency = Histogram("modelmux_request_duration_seconds", "From request received to answer complete",
+                                 ["model", "stream"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("modelmux_time_to_first_chunk_seconds", "From request received to first chunk sent",
+                              ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.tokens = Counter("modelmux_tokens", "Tokens by kind (input, output, cache_read, cache_write)",
+                              ["model", "kind"], registry=self.registry)
+        self.active_streams = Gauge("modelmux_active_streams", "Streams being relayed now", registry=self.registry)
+        self.registry.register(_UpstreamCollector(relay_counters, token_refreshes))
+
+    def observe(self, ex: dict[str, Any], status: int, mode: str) -> None:
+        model, stream = ex["requested_model"], str(ex["stream"]).lower()
+        self.requests.labels(model, str(status), mode, stream).inc()
+        if "done" in ex:
+            self.latency.labels(model, stream).observe(max(0.0, ex["done"] - ex["received"]))
+        if "first_chunk" in ex:
+            self.ttft.labels(model).observe(max(0.0, ex["first_chunk"] - ex["received"]))
+        u = ex.get("usage") or {}
+        details = u.get("prompt_tokens_details") or {}
+        read, write = details.get("cached_tokens", 0), details.get("cache_write_tokens", 0)
+        for kind, n in (("input", u.get("prompt_tokens", 0) - read - write), ("output", u.get("completion_tokens", 0)),
+                        ("cache_read", read), ("cache_write", write)):
+            if n:
+                self.tokens.labels(model, kind).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _UpstreamCollector:
+    """Counters kept by the relay and the token provider, read at scrape time."""
+
+    def __init__(self, relay_counters: Callable[[], dict[str, Any]], token_refreshes: Callable[[], int]):
+        self.relay_counters = relay_counters
+        self.token_refreshes = token_refreshes
+
+    def collect(self):
+        c = self.relay_counters()
+        for name, key, text in (("modelmux_upstream_retries", "retries", "Vertex calls repeated after a backoff"),
+                                ("modelmux_upstream_failovers", "failovers", "Vertex calls moved to another region"),
+                                ("modelmux_upstream_errors", "upstream_errors", "Retryable errors Vertex answered")):
+            yield CounterMetricFamily(name, text, value=c[key])
+        yield CounterMetricFamily("modelmux_token_refreshes", "Google access tokens fetched",
+                                  value=self.token_refreshes())
