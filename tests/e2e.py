@@ -50,7 +50,7 @@ class Proxy:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
 
-def start_proxy(launcher: str, config: Path, confdir: Path) -> Proxy:
+def start_proxy(launcher: str, config: Path, confdir: Path, *extra: str) -> Proxy:
     regular, reverse = procs.free_port(), procs.free_port()
     modes = ["--mode", f"regular@{regular}", "--mode", f"reverse:https://api.openai.com@{reverse}"]
     if launcher == "mitmdump":
@@ -58,7 +58,8 @@ def start_proxy(launcher: str, config: Path, confdir: Path) -> Proxy:
                 "--listen-host", "127.0.0.1", "--set", f"confdir={confdir}", "--set", f"modelmux_config={config}",
                 *modes]
     else:
-        argv = [str(procs.VENV_BIN / "modelmux"), "run", "--config", str(config), "--confdir", str(confdir), *modes]
+        argv = [str(procs.VENV_BIN / "modelmux"), "run", "--config", str(config), "--confdir", str(confdir), *modes,
+                *extra]
     proc = procs.Proc(argv, procs.PROXY_READY, cwd=procs.ROOT)
     procs.wait_port(regular)
     procs.wait_port(reverse)
@@ -116,12 +117,12 @@ CLIENT_KINDS_VIA_PROXY = ["https_proxy", "reverse"]  # the two ways an unmodifie
 
 
 @contextlib.contextmanager
-def emulator_and_proxy(tmp: Path, launcher: str = "modelmux-run"):
+def emulator_and_proxy(tmp: Path, launcher: str = "modelmux-run", *extra: str):
     """A fresh emulator and a proxy in front of it (default config); on exit both stop and the proxy's output is
     checked for secrets."""
     emu_proc, url, key = procs.emulator(tmp)
     try:
-        p = start_proxy(launcher, write_config(tmp / "modelmux.yaml", url, key), tmp / "confdir")
+        p = start_proxy(launcher, write_config(tmp / "modelmux.yaml", url, key), tmp / "confdir", *extra)
         try:
             yield p, Emulator(url)
         finally:

@@ -1,4 +1,4 @@
-"""`modelmux` command line: run | validate | emulator | demo."""
+"""`modelmux` command line: run | validate | pairs | emulator | demo."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", action="append", default=None, metavar="MODE",
                    help="mitmproxy proxy mode, repeatable: regular (default), reverse:https://api.openai.com, "
                         "regular@8080, reverse:https://api.openai.com@8081, …")
+    p.add_argument("--dump", metavar="FILE", help="append every translated exchange to FILE as a JSON line "
+                                                  "(read it with `modelmux pairs FILE`)")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                    help="any other mitmproxy option, repeatable (e.g. --set termlog_verbosity=debug)")
 
@@ -75,6 +77,7 @@ async def _run_proxy(args: argparse.Namespace) -> int:
             connection_strategy="lazy",
             allow_hosts=_allow_hosts(config.intercept.hosts, modes),
             modelmux_config=str(Path(args.config).resolve()),
+            modelmux_dump=args.dump or "",
         )
         for item in args.set:
             name, _, value = item.partition("=")
@@ -119,6 +122,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pairs(args: argparse.Namespace) -> int:
+    from .pairs import show
+
+    return show(args.path, status=args.status, model=args.model, full=args.full)
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from . import emulator
 
@@ -140,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     p = sub.add_parser("validate", help="check a configuration file and show what it routes where")
     p.add_argument("config_file", help="configuration file (YAML)")
+    p = sub.add_parser("pairs", help="show a dump of translated exchanges readably (`run --dump FILE`)")
+    p.add_argument("path", help="the dump file (JSON lines)")
+    p.add_argument("--status", type=int, help="only exchanges that ended with this status")
+    p.add_argument("--model", help="only exchanges for this requested model")
+    p.add_argument("--full", action="store_true", help="every event and chunk, not the first and last few")
     p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
                        description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
                                    "endpoint, for testing apps offline.")
@@ -152,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "emulator": _cmd_emulator, "demo": _cmd_demo}
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "pairs": _cmd_pairs, "emulator": _cmd_emulator,
+            "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

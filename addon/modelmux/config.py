@@ -119,6 +119,10 @@ class SecurityConfig(_Strict):
         return value
 
 
+class DumpConfig(_Strict):
+    path: str | None = None  # JSON lines of every translated exchange (`modelmux run --dump FILE` does the same)
+
+
 class Config(_Strict):
     vertex: VertexConfig
     auth: AuthConfig = AuthConfig()
@@ -130,6 +134,7 @@ class Config(_Strict):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     security: SecurityConfig = SecurityConfig()
+    dump: DumpConfig = DumpConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

@@ -30,10 +30,14 @@ class ConfigLoader:
     def load(self, loader):
         loader.add_option("modelmux_config", str, "",
                           "modelmux configuration file (YAML); empty: the MODELMUX_CONFIG environment variable.")
+        loader.add_option("modelmux_dump", str, "",
+                          "Append every translated exchange to this file as a JSON line (overrides dump.path).")
 
     def configure(self, updated):
         if "connection_strategy" in ctx.options.keys() and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
+        if "modelmux_dump" in updated and ctx.options.modelmux_dump:
+            self.runtime.dump.open(ctx.options.modelmux_dump)
         if "modelmux_config" in updated:
             path = ctx.options.modelmux_config or os.environ.get("MODELMUX_CONFIG", "")
             if not path:
@@ -44,6 +48,7 @@ class ConfigLoader:
             except ConfigError as err:
                 raise exceptions.OptionsError(f"modelmux: {err}") from None
             snap = self.runtime.install(config)
+            self.runtime.dump.open(ctx.options.modelmux_dump or config.dump.path)
             log.info("modelmux: %s, project %s, region %s, %d mapped model(s), credentials: %s",
                      path, config.vertex.project, config.vertex.region, len(config.models.map), snap.tokens.source)
 
@@ -54,3 +59,4 @@ class ConfigLoader:
     def done(self):
         if self.runtime.current is not None:
             self.runtime.current.tokens.close()
+        self.runtime.dump.close()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..auth import TokenProvider
 from ..config import Config
+from ..dump import DumpWriter
 from ..metrics import Metrics
 from ..thinking_cache import ThinkingCache
 from ..upstream import Relay
@@ -29,6 +30,7 @@ class Runtime:
         self.current: Snapshot | None = None
         self.thinking = ThinkingCache()  # outlives config reloads: a tool loop may span one
         self.relay = Relay()  # so do the circuit breakers' memories and the upstream connections
+        self.dump = DumpWriter()
         self.metrics = Metrics(self.relay.health, lambda: self.current.tokens.refreshes if self.current else 0)
 
     def install(self, config: Config, tokens: TokenProvider | None = None) -> Snapshot:

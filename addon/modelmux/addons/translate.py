@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from ..dump import MAX_CAPTURE, sse_events
 from ..images import fetch_images
 from ..translate.errors import OpenAIError, from_upstream, model_not_found
 from ..translate.request import inline_images, parse_request, to_vertex_body
@@ -50,6 +51,7 @@ def exchange(flow: http.HTTPFlow) -> dict[str, Any] | None:
 class Translate:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self._captures: dict[str, dict[str, Any]] = {}  # flow id → bodies for the dump (only when dumping)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
@@ -87,6 +89,10 @@ class Translate:
         port = await relay.ensure_started()
         plan = Plan(urls=urls, body=body, stream=vreq.stream, tokens=snap.tokens, retries=snap.config.retries,
                     timeouts=snap.config.timeouts)
+        if self.runtime.dump.enabled:
+            self._captures[flow.id] = {"openai_request": json.loads(flow.request.get_content(strict=False) or b"{}"),
+                                       "vertex_request": {"url": urls[snap.config.vertex.region], "body": vreq.body},
+                                       "upstream": bytearray(), "out": bytearray()}
         flow.metadata[META] = {
             "requested_model": req.model,
             "vertex_model": route.vertex_model,
@@ -135,7 +141,11 @@ class Translate:
         ex["recorded"] = True
         if ex.get("streaming"):
             self.runtime.metrics.active_streams.dec()
-        self.runtime.metrics.observe(ex, ex.get("stream_error", status), _mode(flow))
+        outcome = ex.get("stream_error", status)
+        self.runtime.metrics.observe(ex, outcome, _mode(flow))
+        capture = self._captures.pop(flow.id, None)
+        if capture is not None:
+            self.runtime.dump.write(_dump_record(flow, ex, capture, outcome))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
@@ -154,7 +164,7 @@ class Translate:
         if resp.http_version.startswith("HTTP/1"):
             # the upstream's length (if any) is not ours: chunked framing, or HTTP/1 clients hang
             resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = _stream_callable(translator, ex, self.runtime.thinking)
+        resp.stream = _stream_callable(translator, ex, self.runtime.thinking, self._captures.get(flow.id))
         ex["streaming"] = True
         self.runtime.metrics.active_streams.inc()
 
@@ -171,6 +181,10 @@ class Translate:
     def _translate_response(self, flow: http.HTTPFlow, ex: dict[str, Any]) -> None:
         resp = flow.response
         _note_relay_headers(ex, resp)
+        capture = self._captures.get(flow.id)
+        if capture is not None:
+            capture["vertex_response"] = {"status": resp.status_code,
+                                          "body": _json_or_text(resp.get_content(strict=False))}
         if ex.get("local_error"):
             flow.response = json_response(resp.status_code, json.loads(resp.content or b"{}"))
             ex["done"] = time.time()
@@ -201,6 +215,34 @@ class Translate:
         ex["done"] = time.time()
 
 
+def _json_or_text(content: bytes | None) -> Any:
+    try:
+        return json.loads(content or b"")
+    except ValueError:
+        return (content or b"").decode("utf-8", "replace")
+
+
+def _dump_record(flow: http.HTTPFlow, ex: dict[str, Any], capture: dict[str, Any], outcome: int) -> dict[str, Any]:
+    """One line of the dump: the four bodies of the exchange, its timings and outcome."""
+    received = ex["received"]
+    timings = {k + "_ms": round((ex[k] - received) * 1000, 1) for k in ("upstream_headers", "first_chunk", "done")
+               if k in ex}
+    if ex.get("streaming"):
+        vertex_response = {"status": flow.response.status_code if flow.response else None,
+                           "events": sse_events(bytes(capture["upstream"]))}
+        openai_response = {"status": flow.response.status_code if flow.response else None,
+                           "chunks": sse_events(bytes(capture["out"]))}
+    else:
+        vertex_response = capture.get("vertex_response")
+        openai_response = {"status": flow.response.status_code, "body": _json_or_text(flow.response.content)} \
+            if flow.response else None
+    return {"time": received, "id": flow.id, "model": ex["requested_model"], "vertex_model": ex["vertex_model"],
+            "region": ex.get("served_region") or ex["region"], "mode": _mode(flow), "stream": ex["stream"],
+            "status": outcome, "attempts": ex.get("attempts"), "timings": timings,
+            "openai_request": capture["openai_request"], "vertex_request": capture["vertex_request"],
+            "vertex_response": vertex_response, "openai_response": openai_response}
+
+
 def _mode(flow: http.HTTPFlow) -> str:
     mode = flow.client_conn.proxy_mode
     if isinstance(mode, ReverseMode):
@@ -219,7 +261,8 @@ def _note_relay_headers(ex: dict[str, Any], resp: http.Response) -> bool:
     return ex["local_error"]
 
 
-def _stream_callable(translator: StreamTranslator, ex: dict[str, Any], thinking: ThinkingCache):
+def _stream_callable(translator: StreamTranslator, ex: dict[str, Any], thinking: ThinkingCache,
+                     capture: dict[str, Any] | None):
     """mitmproxy calls this per socket read, then once with b"" at the end. It must never raise (mitmproxy
     would drop that chunk silently) and never return b"" mid-stream (HTTP/1 would end the body)."""
 
@@ -232,6 +275,10 @@ def _stream_callable(translator: StreamTranslator, ex: dict[str, Any], thinking:
                                               "server_error", None, "translation_failed"))
         if out and "first_chunk" not in ex:
             ex["first_chunk"] = time.time()
+        if capture is not None:
+            for key, piece in (("upstream", data), ("out", out)):
+                if len(capture[key]) < MAX_CAPTURE:
+                    capture[key] += piece
         if (translator.done or translator.failed) and "done" not in ex:
             ex["done"] = time.time()
             ex["usage"] = translator.usage
