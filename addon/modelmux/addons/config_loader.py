@@ -6,30 +6,48 @@ Cases:
   previous configuration when it was a change).
 - no configuration at all: an error is logged and modelmux stays inactive (mitmproxy passes every flow
   through untouched), as mitmproxy's own addons do when their option is unset.
+- the file changes while running (checked every second): reloaded without a restart; requests in flight finish
+  on the configuration they started with, the next ones use the new one; an invalid edit is refused with a log
+  line and the previous configuration stays (`--set modelmux_watch=false` turns watching off);
 - `connection_strategy` is forced to `lazy`: with `eager` mitmproxy connects to api.openai.com at CONNECT time,
   before the request hook can redirect the flow (offline every request fails; online it wastes a connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
 from mitmproxy import ctx, exceptions
 
-from ..config import ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 from .runtime import Runtime
 
 log = logging.getLogger("modelmux")
+
+WATCH_INTERVAL = 1.0  # seconds between looks at the config file
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 class ConfigLoader:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self.path = ""
+        self._stamp: tuple[int, int] | None = None
+        self._watcher: asyncio.Task | None = None
 
     def load(self, loader):
         loader.add_option("modelmux_config", str, "",
                           "modelmux configuration file (YAML); empty: the MODELMUX_CONFIG environment variable.")
+        loader.add_option("modelmux_watch", bool, True, "Reload the modelmux configuration when its file changes.")
         loader.add_option("modelmux_dump", str, "",
                           "Append every translated exchange to this file as a JSON line (overrides dump.path).")
 
@@ -43,20 +61,48 @@ class ConfigLoader:
             if not path:
                 self.runtime.current = None
                 return
+            stamp = _stamp(path)
             try:
                 config = load_config(path)
             except ConfigError as err:
                 raise exceptions.OptionsError(f"modelmux: {err}") from None
-            snap = self.runtime.install(config)
-            self.runtime.dump.open(ctx.options.modelmux_dump or config.dump.path)
-            log.info("modelmux: %s, project %s, region %s, %d mapped model(s), credentials: %s",
-                     path, config.vertex.project, config.vertex.region, len(config.models.map), snap.tokens.source)
+            self.path, self._stamp = path, stamp
+            self._apply(config)
+
+    def _apply(self, config: Config) -> None:
+        old = self.runtime.current
+        # same credentials: keep the token provider and its cached token (no refresh just for a reload)
+        tokens = old.tokens if old is not None and old.config.auth == config.auth else None
+        snap = self.runtime.install(config, tokens)
+        self.runtime.dump.open(ctx.options.modelmux_dump or config.dump.path)
+        log.info("modelmux: %s, project %s, region %s, %d mapped model(s), credentials: %s",
+                 self.path, config.vertex.project, config.vertex.region, len(config.models.map), snap.tokens.source)
 
     def running(self):
         if self.runtime.current is None:
             log.error("modelmux is inactive: no configuration (--set modelmux_config=FILE or MODELMUX_CONFIG)")
+        elif ctx.options.modelmux_watch and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            stamp = _stamp(self.path)
+            if stamp is None or stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                config = load_config(self.path)
+            except ConfigError as err:
+                log.error("modelmux: %s changed but is invalid, keeping the previous configuration: %s",
+                          self.path, err)
+                continue
+            log.info("modelmux: reloaded %s", self.path)
+            self._apply(config)
 
     def done(self):
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.runtime.current is not None:
             self.runtime.current.tokens.close()
         self.runtime.dump.close()
