@@ -1,4 +1,4 @@
-"""`modelmux` command line: run | validate | pairs | emulator | demo."""
+"""`modelmux` command line: run | validate | pairs | certs | emulator | demo."""
 
 from __future__ import annotations
 
@@ -128,6 +128,15 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     return show(args.path, status=args.status, model=args.model, full=args.full)
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from .certs import default_out, export, instructions
+
+    ca, bundle = export(Path(os.path.expanduser(args.confdir)), Path(args.out) if args.out else default_out())
+    print(f"wrote {ca} (the CA) and {bundle} (public roots + the CA)\n")
+    print(instructions(ca, bundle, args.port))
+    return 0
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from . import emulator
 
@@ -154,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", type=int, help="only exchanges that ended with this status")
     p.add_argument("--model", help="only exchanges for this requested model")
     p.add_argument("--full", action="store_true", help="every event and chunk, not the first and last few")
+    p = sub.add_parser("certs", help="export the CA apps must trust in HTTPS_PROXY mode, and how to trust it")
+    p.add_argument("--out", help="where to write the files (default: the checkout's certs/ folder)")
+    p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"mitmproxy's confdir with the CA ({DEFAULT_CONFDIR})")
+    p.add_argument("--port", type=int, default=8080, help="the proxy port to show in the examples")
     p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
                        description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
                                    "endpoint, for testing apps offline.")
@@ -166,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "pairs": _cmd_pairs, "emulator": _cmd_emulator,
-            "demo": _cmd_demo}
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "pairs": _cmd_pairs, "certs": _cmd_certs,
+            "emulator": _cmd_emulator, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
