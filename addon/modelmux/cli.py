@@ -1,4 +1,4 @@
-"""`modelmux` command line: run | validate | pairs | certs | emulator | demo."""
+"""`modelmux` command line: run | validate | doctor | pairs | certs | emulator | demo."""
 
 from __future__ import annotations
 
@@ -128,6 +128,15 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     return show(args.path, status=args.status, model=args.model, full=args.full)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import report, run_checks
+
+    checks = run_checks(args.config, live=args.live, confdir=Path(os.path.expanduser(args.confdir)),
+                        host=args.listen_host, port=args.listen_port)
+    print(report(checks, args.json))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _cmd_certs(args: argparse.Namespace) -> int:
     from .certs import default_out, export, instructions
 
@@ -163,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", type=int, help="only exchanges that ended with this status")
     p.add_argument("--model", help="only exchanges for this requested model")
     p.add_argument("--full", action="store_true", help="every event and chunk, not the first and last few")
+    p = sub.add_parser("doctor", help="check the set-up and say how to fix each problem (exit 1 if any)")
+    p.add_argument("--config", "-c", default="modelmux.yaml", help="configuration file (default: modelmux.yaml)")
+    p.add_argument("--live", action="store_true", help="also make a 1-token call per mapped model")
+    p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"mitmproxy's confdir with the CA ({DEFAULT_CONFDIR})")
+    p.add_argument("--listen-host", default="127.0.0.1")
+    p.add_argument("--listen-port", type=int, default=8080)
+    p.add_argument("--json", action="store_true", help="the checks as JSON")
     p = sub.add_parser("certs", help="export the CA apps must trust in HTTPS_PROXY mode, and how to trust it")
     p.add_argument("--out", help="where to write the files (default: the checkout's certs/ folder)")
     p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"mitmproxy's confdir with the CA ({DEFAULT_CONFDIR})")
@@ -179,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "pairs": _cmd_pairs, "certs": _cmd_certs,
-            "emulator": _cmd_emulator, "demo": _cmd_demo}
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "doctor": _cmd_doctor, "pairs": _cmd_pairs,
+            "certs": _cmd_certs, "emulator": _cmd_emulator, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
