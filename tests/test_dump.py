@@ -17,7 +17,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 
 def test_dump_holds_the_four_bodies_of_each_exchange_without_secrets(tmp_path, monkeypatch):
     dump = tmp_path / "pairs.jsonl"
-    with emulator_and_proxy(tmp_path, "modelmux-run", "--dump", str(dump)) as (proxy, _):
+    with emulator_and_proxy(tmp_path, "modelmux-run", "--dump", str(dump), "--log-format", "json") as (proxy, _):
         api = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{proxy.reverse_port}/v1", max_retries=0,
                             timeout=20)
         ask = [{"role": "user", "content": "What is the weather? use get_weather"}]
@@ -27,6 +27,11 @@ def test_dump_holds_the_four_bodies_of_each_exchange_without_secrets(tmp_path, m
                 {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
         chunks = list(api.chat.completions.create(model="gpt-4o", messages=ask, tools=[WEATHER], stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Tool results: sunny"
+        logged = [json.loads(line[line.index("{"):]) for line in proxy.proc.lines if '"event": "exchange"' in line]
+    # one structured log line per exchange (--log-format json)
+    assert [(x["stream"], x["status"], x["model"], x["mode"]) for x in logged] == [
+        (False, 200, "gpt-4o", "reverse"), (True, 200, "gpt-4o", "reverse")]
+    assert logged[1]["first_chunk_ms"] <= logged[1]["duration_ms"] and logged[1]["completion_tokens"] == 3
     text = dump.read_text()
     for secret in (CLIENT_KEY, "ya29.", "PRIVATE KEY", "Bearer"):
         assert secret not in text

@@ -29,6 +29,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", action="append", default=None, metavar="MODE",
                    help="mitmproxy proxy mode, repeatable: regular (default), reverse:https://api.openai.com, "
                         "regular@8080, reverse:https://api.openai.com@8081, …")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="one log line per exchange, as text or as JSON (default: text)")
     p.add_argument("--dump", metavar="FILE", help="append every translated exchange to FILE as a JSON line "
                                                   "(read it with `modelmux pairs FILE`)")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
@@ -78,6 +80,7 @@ async def _run_proxy(args: argparse.Namespace) -> int:
             allow_hosts=_allow_hosts(config.intercept.hosts, modes),
             modelmux_config=str(Path(args.config).resolve()),
             modelmux_dump=args.dump or "",
+            modelmux_log_format=args.log_format,
         )
         for item in args.set:
             name, _, value = item.partition("=")

@@ -21,7 +21,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from ..dump import MAX_CAPTURE, sse_events
@@ -134,15 +134,29 @@ class Translate:
             self.runtime.relay.discard(ex["plan"])
         self._record(flow, ex, 499)  # nginx's "client closed request": the exchange ended without an answer
 
+    def load(self, loader):
+        loader.add_option("modelmux_log_format", str, "text",
+                          "One log line per exchange: text, or json (for log pipelines).")
+
     def _record(self, flow: http.HTTPFlow, ex: dict[str, Any], status: int) -> None:
-        """Metrics, once per exchange, when it ends."""
+        """Once per exchange, when it ends: metrics, the log line, the flow's comment (mitmweb), the dump."""
         if ex.get("recorded"):
             return
         ex["recorded"] = True
         if ex.get("streaming"):
             self.runtime.metrics.active_streams.dec()
         outcome = ex.get("stream_error", status)
-        self.runtime.metrics.observe(ex, outcome, _mode(flow))
+        mode = _mode(flow)
+        self.runtime.metrics.observe(ex, outcome, mode)
+        line = _log_line(ex, outcome, mode)
+        flow.comment = (f"modelmux: {line['model']} → {line['vertex_model']} ({line['region']}) {outcome}, "
+                        f"{line['attempts']} attempt(s)")
+        if ctx.options.modelmux_log_format == "json":
+            log.info(json.dumps(line))
+        else:
+            log.info("modelmux: %s %s → %s (%s) %s %s in %s ms, %s attempt(s), tokens %s/%s", mode, line["model"],
+                     line["vertex_model"], line["region"], "stream" if line["stream"] else "json", outcome,
+                     line["duration_ms"], line["attempts"], line["prompt_tokens"], line["completion_tokens"])
         capture = self._captures.pop(flow.id, None)
         if capture is not None:
             self.runtime.dump.write(_dump_record(flow, ex, capture, outcome))
@@ -213,6 +227,17 @@ class Translate:
                         err.message)
             flow.response = error_response(err)
         ex["done"] = time.time()
+
+
+def _log_line(ex: dict[str, Any], outcome: int, mode: str) -> dict[str, Any]:
+    """The facts of one exchange, for the log (no bodies, no keys)."""
+    end = ex.get("done") or time.time()
+    usage = ex.get("usage") or {}
+    return {"event": "exchange", "mode": mode, "model": ex["requested_model"], "vertex_model": ex["vertex_model"],
+            "region": ex.get("served_region") or ex["region"], "stream": ex["stream"], "status": outcome,
+            "attempts": ex.get("attempts", 1), "duration_ms": round((end - ex["received"]) * 1000, 1),
+            "first_chunk_ms": round((ex["first_chunk"] - ex["received"]) * 1000, 1) if "first_chunk" in ex else None,
+            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")}
 
 
 def _json_or_text(content: bytes | None) -> Any:
