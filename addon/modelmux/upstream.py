@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from . import __version__
 from .auth import AuthError, TokenProvider
 from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 
@@ -44,6 +45,7 @@ log = logging.getLogger("modelmux")
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
 PLAN_HEADER = "x-modelmux-plan"
+USER_AGENT = f"modelmux/{__version__}"
 # headers of the relay's answer that tell the addon what happened (removed before the client sees them)
 REGION_HEADER, ATTEMPTS_HEADER, LOCAL_ERROR_HEADER = "x-modelmux-region", "x-modelmux-attempts", "x-modelmux-error"
 _PASS_HEADERS = ("content-type", "content-encoding", "retry-after")
@@ -215,17 +217,16 @@ class Relay:
         finally:
             self.counters.active -= 1
         if resp is None:
-            return error[0], {"content-type": "application/json", LOCAL_ERROR_HEADER: "1", **_outcome(plan)}, \
+            return error[0], {"content-type": "application/json", **_local_error_headers(plan)}, \
                 _local_error_body(*error)
         try:
             body = resp.content if resp.is_stream_consumed else await resp.aread()
         except httpx.HTTPError as err:
-            return 502, {"content-type": "application/json", LOCAL_ERROR_HEADER: "1", **_outcome(plan)}, \
+            return 502, {"content-type": "application/json", **_local_error_headers(plan)}, \
                 _local_error_body(502, f"Vertex AI's answer broke off: {type(err).__name__}")
         finally:
             await resp.aclose()
-        headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers and k != "content-encoding"}
-        return resp.status_code, {**headers, **_outcome(plan)}, body
+        return resp.status_code, {**_passed_headers(resp, decoded=True), **_outcome(plan)}, body
 
     def health(self) -> dict[str, object]:
         return {"active_calls": self.counters.active, "pending_plans": len(self._plans),
@@ -243,7 +244,7 @@ class Relay:
     async def _serve_counted(self, plan: Plan, writer: asyncio.StreamWriter) -> bool:
         resp, error = await self._call(plan)
         if resp is None:
-            await _write_simple(writer, error[0], _local_error_body(*error), {LOCAL_ERROR_HEADER: "1", **_outcome(plan)})
+            await _write_simple(writer, error[0], _local_error_body(*error), _local_error_headers(plan))
             return True
         try:
             return await _relay_response(resp, writer, plan)
@@ -275,7 +276,7 @@ class Relay:
                 headers={"authorization": f"Bearer {token}", "content-type": "application/json",
                          "accept": "text/event-stream" if plan.stream else "application/json",
                          "accept-encoding": "identity" if plan.stream else "gzip, identity",
-                         "user-agent": "modelmux"})
+                         "user-agent": USER_AGENT})
             try:
                 resp = await self._client.send(request, stream=True)
             except httpx.TimeoutException as err:
@@ -347,6 +348,17 @@ def _status_line(status: int) -> str:
         return f"HTTP/1.1 {status} Error"  # 529 and other non-standard codes
 
 
+def _passed_headers(resp: httpx.Response, *, decoded: bool) -> dict[str, str]:
+    """The upstream headers the addon needs; no content-encoding once httpx has decoded the body."""
+    return {k: resp.headers[k] for k in _PASS_HEADERS
+            if k in resp.headers and not (decoded and k == "content-encoding")}
+
+
+def _local_error_headers(plan: Plan) -> dict[str, str]:
+    """Marks modelmux's own OpenAI-shaped error, with what the attempts found."""
+    return {LOCAL_ERROR_HEADER: "1", **_outcome(plan)}
+
+
 def _outcome(plan: Plan) -> dict[str, str]:
     return {REGION_HEADER: str(plan.outcome.get("region", "")), ATTEMPTS_HEADER: str(plan.outcome.get("attempts", 0))}
 
@@ -392,8 +404,7 @@ async def _write_simple(writer: asyncio.StreamWriter, status: int, body: bytes,
 
 async def _relay_response(resp: httpx.Response, writer: asyncio.StreamWriter, plan: Plan) -> bool:
     kept = resp.is_stream_consumed  # an error answer kept from an earlier attempt, already decoded
-    passed = [k for k in _PASS_HEADERS if k in resp.headers and not (kept and k == "content-encoding")]
-    head = [_status_line(resp.status_code), *(f"{k}: {resp.headers[k]}" for k in passed),
+    head = [_status_line(resp.status_code), *(f"{k}: {v}" for k, v in _passed_headers(resp, decoded=kept).items()),
             *(f"{k}: {v}" for k, v in _outcome(plan).items())]
     if kept:
         body = resp.content

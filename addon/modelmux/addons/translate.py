@@ -31,7 +31,7 @@ from ..translate.request import inline_images, parse_request, to_vertex_body
 from ..translate.response import AnswerShape, thinking_to_keep, to_openai_response
 from ..translate.stream import StreamTranslator
 from ..thinking_cache import ThinkingCache
-from ..upstream import ATTEMPTS_HEADER, LOCAL_ERROR_HEADER, PLAN_HEADER, REGION_HEADER, Plan
+from ..upstream import ATTEMPTS_HEADER, LOCAL_ERROR_HEADER, PLAN_HEADER, REGION_HEADER, USER_AGENT, Plan
 from ..vertex import UnknownModel
 from .local_endpoints import error_response, json_response
 from .runtime import Runtime, Snapshot
@@ -40,7 +40,6 @@ from .scope import CHAT_PATH, is_ours, route_path, sent_to_listener
 log = logging.getLogger("modelmux")
 
 META = "modelmux"
-USER_AGENT = "modelmux/0.1"
 
 
 def exchange(flow: http.HTTPFlow) -> dict[str, Any] | None:
