@@ -34,6 +34,10 @@ def chain(tmp_path):
         yield tctx, addons
 
 
+def translator_of(addons) -> Translate:
+    return next(a for a in addons if isinstance(a, Translate))
+
+
 def make_flow(path="/v1/chat/completions", method="POST", body=CHAT, host="api.openai.com", port=443,
               scheme="https", mode="regular", sockname=("127.0.0.1", 8080)):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -62,7 +66,7 @@ async def test_streamed_request_is_rewritten_for_the_relay(chain):
     vertex_path = ("/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"
                    ":streamRawPredict")
     assert f.metadata["modelmux"]["vertex_url"] == "http://127.0.0.1:9" + vertex_path
-    relay = addons[-1].runtime.relay
+    relay = translator_of(addons).runtime.relay
     assert f.request.url == f"http://127.0.0.1:{relay.port}{vertex_path}"  # the loopback relay, see upstream.py
     headers = {k.lower(): v for k, v in f.request.headers.items()}
     plan = relay._plans[headers["x-modelmux-plan"]]
@@ -79,7 +83,7 @@ async def test_unreachable_vertex_is_an_openai_502_not_mitmproxys_html(chain):
     f = make_flow()  # non-streamed: called from the hook itself; nothing listens on 127.0.0.1:9
     await run_request(addons, f)
     assert f.response.status_code == 502 and f.response.headers["x-modelmux-attempts"] == "2"
-    addons[-1].response(f)
+    translator_of(addons).response(f)
     err = json.loads(f.response.content)
     validate_error(err)
     assert err["error"]["code"] == "upstream_unavailable" and "us-east5" in err["error"]["message"]
@@ -90,11 +94,11 @@ async def test_streamed_answer_is_translated_by_the_stream_callable(chain):
     f = make_flow(body={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
     await run_request(addons, f)
     assert f.request.url.endswith(":streamRawPredict") and json.loads(f.request.content)["stream"] is True
-    plan = addons[-1].runtime.relay._plans[f.request.headers["x-modelmux-plan"]]
+    plan = translator_of(addons).runtime.relay._plans[f.request.headers["x-modelmux-plan"]]
     assert plan.stream and plan.urls["us-east5"].endswith(":streamRawPredict")
     f.response = tutils.tresp(status_code=200, content=None,
                               headers=((b"content-type", b"text/event-stream"), (b"content-length", b"999")))
-    addons[-1].responseheaders(f)
+    translator_of(addons).responseheaders(f)
     assert callable(f.response.stream) and "content-length" not in f.response.headers
     assert f.response.headers["transfer-encoding"] == "chunked"
     events = [{"type": "message_start", "message": {"id": "msg_vrtx_9", "usage": {"input_tokens": 2}}},
@@ -118,8 +122,8 @@ async def test_upstream_429_becomes_openai_429_with_retry_after(chain):
     await run_request(addons, f)
     f.response = tutils.tresp(status_code=429, content=json.dumps([{"error": {
         "code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}]).encode())
-    addons[-1].responseheaders(f)
-    addons[-1].response(f)
+    translator_of(addons).responseheaders(f)
+    translator_of(addons).response(f)
     assert f.response.status_code == 429 and f.response.headers["retry-after"] == "1"
     validate_error(json.loads(f.response.content))
 

@@ -27,7 +27,7 @@ def test_dump_holds_the_four_bodies_of_each_exchange_without_secrets(tmp_path, m
                 {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
         chunks = list(api.chat.completions.create(model="gpt-4o", messages=ask, tools=[WEATHER], stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Tool results: sunny"
-        logged = [json.loads(line[line.index("{"):]) for line in proxy.proc.lines if '"event": "exchange"' in line]
+        logged = [json.loads(line[line.index("{"):]) for line in proxy.proc.wait_lines('"event": "exchange"', 2)]
     # one structured log line per exchange (--log-format json)
     assert [(x["stream"], x["status"], x["model"], x["mode"]) for x in logged] == [
         (False, 200, "gpt-4o", "reverse"), (True, 200, "gpt-4o", "reverse")]

@@ -119,6 +119,49 @@ class SecurityConfig(_Strict):
         return value
 
 
+STREAMING_MODES = ("passthrough", "buffered", "never")
+
+
+class StreamingRule(_Strict):
+    user_agent: str  # a regular expression, searched in the client's User-Agent (case-insensitive)
+    mode: str
+
+    @field_validator("user_agent")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from None
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in STREAMING_MODES:
+            raise ValueError(f"must be one of {', '.join(STREAMING_MODES)}")
+        return value
+
+
+class StreamingConfig(_Strict):
+    """How a streamed answer reaches the client (docs/mapping.md, "Streaming modes"):
+    passthrough: one chunk per Vertex event, the moment it arrives (exact; what OpenAI does);
+    buffered: deltas that arrive within `window_ms` of each other leave as one chunk (clients that choke on tiny ones);
+    never: Vertex is called non-streamed; a client that asked for a stream gets the whole answer as SSE at once."""
+
+    mode: str = "passthrough"
+    window_ms: float = Field(default=50.0, gt=0, le=5000)
+    rules: tuple[StreamingRule, ...] = ()  # first match on the client's User-Agent wins; else `mode`
+
+    _mode = field_validator("mode")(StreamingRule._mode.__func__)
+
+    def mode_for(self, user_agent: str) -> str:
+        for rule in self.rules:
+            if re.search(rule.user_agent, user_agent, re.IGNORECASE):
+                return rule.mode
+        return self.mode
+
+
 class DumpConfig(_Strict):
     path: str | None = None  # JSON lines of every translated exchange (`modelmux run --dump FILE` does the same)
 
@@ -135,6 +178,7 @@ class Config(_Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     security: SecurityConfig = SecurityConfig()
     dump: DumpConfig = DumpConfig()
+    streaming: StreamingConfig = StreamingConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")

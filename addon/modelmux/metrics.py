@@ -24,6 +24,9 @@ class Metrics:
                               ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("modelmux_tokens", "Tokens by kind (input, output, cache_read, cache_write)",
                               ["model", "kind"], registry=self.registry)
+        self.local_errors = Counter("modelmux_local_errors", "Requests modelmux answered itself with an error, "
+                                    "never sent upstream (bad input, unknown model or path, client key)",
+                                    ["status", "code"], registry=self.registry)
         self.active_streams = Gauge("modelmux_active_streams", "Streams being relayed now", registry=self.registry)
         self.registry.register(_UpstreamCollector(relay_counters, token_refreshes))
 

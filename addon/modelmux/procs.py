@@ -58,6 +58,16 @@ class Proc:
     def output(self) -> str:
         return "\n".join(self.lines)
 
+    def wait_lines(self, needle: str, count: int, timeout: float = 10.0) -> list[str]:
+        """The lines containing `needle`, once there are `count` of them (or whatever there is after `timeout`):
+        a process logs an exchange just after its client has the answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.lines) if needle in line]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)

@@ -32,7 +32,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -123,6 +123,7 @@ class Plan:
     tokens: TokenProvider
     retries: RetryConfig
     timeouts: TimeoutsConfig
+    window: float = 0.0  # streaming mode `buffered`: gather the reads of this many seconds into one write
     outcome: dict[str, object] = field(default_factory=dict)  # region, attempts, retried, failed_over
 
 
@@ -394,6 +395,41 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, bytes] | Non
     return headers.get(PLAN_HEADER, ""), body
 
 
+async def _gathered(pieces: AsyncIterator[bytes], window: float) -> AsyncIterator[bytes]:
+    """The reads of `pieces` joined per window: the first read opens a window, everything that arrives before it
+    closes leaves with it. Nothing waits longer than `window`; a failure still delivers what was gathered."""
+    source = aiter(pieces)
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(source))
+            try:
+                gathered = [await pending]
+            except StopAsyncIteration:
+                return
+            pending = None
+            closes = loop.time() + window
+            while (left := closes - loop.time()) > 0:
+                pending = asyncio.ensure_future(anext(source))
+                done, _ = await asyncio.wait((pending,), timeout=left)
+                if not done:
+                    break  # still pending: it opens the next window
+                piece, pending = pending, None
+                try:
+                    gathered.append(piece.result())
+                except StopAsyncIteration:
+                    yield b"".join(gathered)
+                    return
+                except BaseException:
+                    yield b"".join(gathered)
+                    raise
+            yield b"".join(gathered)
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 async def _write_simple(writer: asyncio.StreamWriter, status: int, body: bytes,
                         headers: dict[str, str] | None = None) -> None:
     head = [_status_line(status), "content-type: application/json", f"content-length: {len(body)}",
@@ -413,8 +449,9 @@ async def _relay_response(resp: httpx.Response, writer: asyncio.StreamWriter, pl
         return True
     writer.write(("\r\n".join([*head, "transfer-encoding: chunked"]) + "\r\n\r\n").encode())
     try:
-        # aiter_raw: the bytes as Vertex sent them, forwarded the moment each read returns
-        async for piece in resp.aiter_raw():
+        # aiter_raw: the bytes as Vertex sent them, forwarded the moment each read returns (passthrough)
+        pieces = resp.aiter_raw() if not plan.window else _gathered(resp.aiter_raw(), plan.window)
+        async for piece in pieces:
             if piece:
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 await writer.drain()

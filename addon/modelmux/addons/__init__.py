@@ -5,15 +5,17 @@ from __future__ import annotations
 from .client_auth import ClientAuth
 from .config_loader import ConfigLoader
 from .local_endpoints import LocalEndpoints
+from .local_errors import LocalErrors
 from .runtime import Runtime
 from .translate import Translate
 
 
 def make_addons(runtime: Runtime | None = None) -> list[object]:
     """The addon chain: config first (others read the Runtime it fills), then inbound auth, then local answers,
-    then translation."""
+    then translation; last, the count of errors answered locally."""
     runtime = runtime or Runtime()
-    return [ConfigLoader(runtime), ClientAuth(runtime), LocalEndpoints(runtime), Translate(runtime)]
+    return [ConfigLoader(runtime), ClientAuth(runtime), LocalEndpoints(runtime), Translate(runtime),
+            LocalErrors(runtime)]
 
 
-__all__ = ["make_addons", "Runtime", "ClientAuth", "ConfigLoader", "LocalEndpoints", "Translate"]
+__all__ = ["make_addons", "Runtime", "ClientAuth", "ConfigLoader", "LocalEndpoints", "LocalErrors", "Translate"]

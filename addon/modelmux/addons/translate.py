@@ -29,7 +29,7 @@ from ..images import fetch_images
 from ..translate.errors import OpenAIError, from_upstream, model_not_found
 from ..translate.request import inline_images, parse_request, to_vertex_body
 from ..translate.response import AnswerShape, thinking_to_keep, to_openai_response
-from ..translate.stream import StreamTranslator
+from ..translate.stream import StreamTranslator, message_as_events
 from ..thinking_cache import ThinkingCache
 from ..upstream import ATTEMPTS_HEADER, LOCAL_ERROR_HEADER, PLAN_HEADER, REGION_HEADER, USER_AGENT, Plan
 from ..vertex import UnknownModel
@@ -82,12 +82,18 @@ class Translate:
         except OpenAIError as err:
             flow.response = error_response(err)
             return
+        delivery = snap.config.streaming.mode_for(flow.request.headers.get("user-agent", "")) if vreq.stream else None
+        upstream_stream = vreq.stream and delivery != "never"
+        if vreq.stream and not upstream_stream:
+            vreq.body.pop("stream", None)  # `never`: one non-streamed call, replayed to the client as SSE
         body = json.dumps(vreq.body).encode()
-        urls = {region: snap.router.url(route, stream=vreq.stream, region=region) for region in snap.router.regions()}
+        urls = {region: snap.router.url(route, stream=upstream_stream, region=region)
+                for region in snap.router.regions()}
         relay = self.runtime.relay
         port = await relay.ensure_started()
-        plan = Plan(urls=urls, body=body, stream=vreq.stream, tokens=snap.tokens, retries=snap.config.retries,
-                    timeouts=snap.config.timeouts)
+        plan = Plan(urls=urls, body=body, stream=upstream_stream, tokens=snap.tokens, retries=snap.config.retries,
+                    timeouts=snap.config.timeouts,
+                    window=snap.config.streaming.window_ms / 1000 if delivery == "buffered" else 0.0)
         if self.runtime.dump.enabled:
             self._captures[flow.id] = {"openai_request": json.loads(flow.request.get_content(strict=False) or b"{}"),
                                        "vertex_request": {"url": urls[snap.config.vertex.region], "body": vreq.body},
@@ -98,6 +104,7 @@ class Translate:
             "region": snap.config.vertex.region,
             "vertex_url": urls[snap.config.vertex.region],
             "stream": vreq.stream,
+            "delivery": delivery,  # streaming mode for a streamed request: passthrough, buffered or never
             "plan": None,  # the relay's plan id, for streams
             "shape": {  # AnswerShape's fields
                 "model": req.model, "created": int(received), "fallback_id": secrets.token_hex(12),
@@ -106,7 +113,7 @@ class Translate:
             },
             "received": received,
         }
-        if not vreq.stream:
+        if not upstream_stream:
             # answered here, retries included: a buffered answer needs no relay hop and no upstream connection
             status, headers, answer = await relay.fetch(plan)
             flow.response = http.Response.make(status, answer, headers)
@@ -154,7 +161,7 @@ class Translate:
             log.info(json.dumps(line))
         else:
             log.info("modelmux: %s %s → %s (%s) %s %s in %s ms, %s attempt(s), tokens %s/%s", mode, line["model"],
-                     line["vertex_model"], line["region"], "stream" if line["stream"] else "json", outcome,
+                     line["vertex_model"], line["region"], line["delivery"] or "json", outcome,
                      line["duration_ms"], line["attempts"], line["prompt_tokens"], line["completion_tokens"])
         capture = self._captures.pop(flow.id, None)
         if capture is not None:
@@ -170,7 +177,7 @@ class Translate:
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if not (ex["stream"] and 200 <= resp.status_code < 300 and is_sse):
             return  # buffered: translated in `response`
-        translator = StreamTranslator(AnswerShape(**ex["shape"]))
+        translator = StreamTranslator(AnswerShape(**ex["shape"]), coalesce=ex.get("delivery") == "buffered")
         resp.headers.clear()
         resp.headers["content-type"] = "text/event-stream; charset=utf-8"
         resp.headers["cache-control"] = "no-cache"
@@ -206,7 +213,8 @@ class Translate:
         if 200 <= resp.status_code < 300:
             try:
                 msg = json.loads(content)
-                if ex["stream"] or not isinstance(msg, dict) or msg.get("type") != "message":
+                upstream_streamed = ex["stream"] and ex.get("delivery") != "never"
+                if upstream_streamed or not isinstance(msg, dict) or msg.get("type") != "message":
                     raise ValueError("not an Anthropic message")
             except ValueError:
                 flow.response = error_response(OpenAIError(
@@ -216,9 +224,12 @@ class Translate:
             else:
                 if kept := thinking_to_keep(msg.get("content") or []):
                     self.runtime.thinking.put(*kept)
-                answer = to_openai_response(msg, AnswerShape(**ex["shape"]))
-                ex["usage"] = answer["usage"]
-                flow.response = json_response(200, answer)
+                if ex["stream"]:
+                    flow.response = _replayed_stream(msg, ex)
+                else:
+                    answer = to_openai_response(msg, AnswerShape(**ex["shape"]))
+                    ex["usage"] = answer["usage"]
+                    flow.response = json_response(200, answer)
         else:
             err = from_upstream(resp.status_code, resp.raw_content or b"", dict(resp.headers),
                                 model=ex["vertex_model"], region=ex.get("served_region") or ex["region"])
@@ -228,12 +239,25 @@ class Translate:
         ex["done"] = time.time()
 
 
+def _replayed_stream(msg: dict[str, Any], ex: dict[str, Any]) -> http.Response:
+    """Streaming mode `never`: the whole answer as the SSE chunks a stream would have carried, in one body."""
+    translator = StreamTranslator(AnswerShape(**ex["shape"]), coalesce=True)
+    out = translator.feed(message_as_events(msg)) + translator.finish()
+    ex["usage"] = translator.usage
+    ex["first_chunk"] = time.time()
+    if translator.failed:
+        ex["stream_error"] = translator.failed.status
+    return http.Response.make(200, out, {"content-type": "text/event-stream; charset=utf-8",
+                                         "cache-control": "no-cache"})
+
+
 def _log_line(ex: dict[str, Any], outcome: int, mode: str) -> dict[str, Any]:
     """The facts of one exchange, for the log (no bodies, no keys)."""
     end = ex.get("done") or time.time()
     usage = ex.get("usage") or {}
     return {"event": "exchange", "mode": mode, "model": ex["requested_model"], "vertex_model": ex["vertex_model"],
-            "region": ex.get("served_region") or ex["region"], "stream": ex["stream"], "status": outcome,
+            "region": ex.get("served_region") or ex["region"], "stream": ex["stream"],
+            "delivery": ex.get("delivery"), "status": outcome,
             "attempts": ex.get("attempts", 1), "duration_ms": round((end - ex["received"]) * 1000, 1),
             "first_chunk_ms": round((ex["first_chunk"] - ex["received"]) * 1000, 1) if "first_chunk" in ex else None,
             "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")}
@@ -258,11 +282,15 @@ def _dump_record(flow: http.HTTPFlow, ex: dict[str, Any], capture: dict[str, Any
                            "chunks": sse_events(bytes(capture["out"]))}
     else:
         vertex_response = capture.get("vertex_response")
-        openai_response = {"status": flow.response.status_code, "body": _json_or_text(flow.response.content)} \
-            if flow.response else None
+        openai_response = None
+        if flow.response is not None:
+            sse = flow.response.headers.get("content-type", "").startswith("text/event-stream")  # mode `never`
+            openai_response = {"status": flow.response.status_code,
+                               **({"chunks": sse_events(flow.response.content or b"")} if sse else
+                                  {"body": _json_or_text(flow.response.content)})}
     return {"time": received, "id": flow.id, "model": ex["requested_model"], "vertex_model": ex["vertex_model"],
             "region": ex.get("served_region") or ex["region"], "mode": _mode(flow), "stream": ex["stream"],
-            "status": outcome, "attempts": ex.get("attempts"), "timings": timings,
+            "delivery": ex.get("delivery"), "status": outcome, "attempts": ex.get("attempts"), "timings": timings,
             "openai_request": capture["openai_request"], "vertex_request": capture["vertex_request"],
             "vertex_response": vertex_response, "openai_response": openai_response}
 

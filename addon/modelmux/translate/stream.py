@@ -18,6 +18,10 @@ as OpenAI produces it:
 - an upstream that ends before `message_stop` → such an error too, never a clean finish;
 - unknown event types (`vertex_event`, `ping`, future ones) are ignored.
 
+With `coalesce=True` (streaming mode `buffered`), consecutive deltas of one block that arrive in the same
+`feed` leave as one chunk; the relay decides how long a feed gathers (the window). `message_as_events` turns a
+non-streamed Vertex message into the events it would have streamed (streaming mode `never`).
+
 The hot path builds chunks from pre-rendered prefixes with `json.dumps` of the delta only: it runs once per
 upstream event inside mitmproxy's single thread.
 """
@@ -38,8 +42,9 @@ _TEXT, _TOOL, _JSON, _THINKING, _OTHER = range(5)
 
 
 class StreamTranslator:
-    def __init__(self, shape: AnswerShape):
+    def __init__(self, shape: AnswerShape, coalesce: bool = False):
         self.shape = shape
+        self.coalesce = coalesce
         self._buf = b""
         self._prefix = ""  # rendered once the id is known (message_start)
         self._started = False
@@ -108,6 +113,7 @@ class StreamTranslator:
 
     def _render(self, events: list[bytes]) -> bytes:
         parts: list[str] = []
+        held: dict[str, Any] | None = None  # coalescing: a delta that later ones of its block extend
         for raw in events:
             data = _event_data(raw)
             if data is None:
@@ -116,6 +122,15 @@ class StreamTranslator:
             try:
                 event = _loads(data)
                 kind = event.get("type")
+                if self.coalesce:
+                    if kind == "content_block_delta" and _extend(held, event):
+                        continue
+                    if held is not None:
+                        self._delta(held, parts)
+                        held = None
+                    if kind == "content_block_delta" and self._started:
+                        held = event
+                        continue
                 if not self._started and kind in ("content_block_start", "content_block_delta", "message_stop"):
                     self._start({}, parts)  # content before message_start: keep the stream well-formed
                 if kind == "content_block_delta":
@@ -141,6 +156,8 @@ class StreamTranslator:
                                           "server_error", None, "bad_upstream_event")
                 parts.append(f"data: {_dumps(self.failed.body())}\n\n")
                 break
+        if held is not None and not self.failed:
+            self._delta(held, parts)
         self.chunks_out += len(parts)
         return "".join(parts).encode() if parts else b""
 
@@ -240,6 +257,58 @@ class StreamTranslator:
                          + _dumps(usage(self._usage)) + "}\n\n")
         parts.append("data: [DONE]\n\n")
         self.done = True
+
+
+_MERGED = {"text_delta": "text", "input_json_delta": "partial_json", "thinking_delta": "thinking"}
+
+
+def _extend(held: dict[str, Any] | None, event: dict[str, Any]) -> bool:
+    """Append `event`'s delta to `held` when both are the same kind of delta of the same block."""
+    if held is None or held.get("index") != event.get("index"):
+        return False
+    delta, into = event.get("delta") or {}, held["delta"]
+    field = _MERGED.get(delta.get("type"))
+    if field is None or delta.get("type") != into.get("type"):
+        return False
+    into[field] = (into.get(field) or "") + (delta.get(field) or "")
+    return True
+
+
+def message_as_events(message: dict[str, Any]) -> bytes:
+    """A complete Vertex (Anthropic) message as the SSE events `streamRawPredict` would have sent for it."""
+    def event(obj: dict[str, Any]) -> str:
+        return f"event: {obj['type']}\ndata: {_dumps(obj)}\n\n"
+
+    usage_in = dict(message.get("usage") or {})
+    head = {k: v for k, v in message.items() if k not in ("content", "stop_reason", "stop_sequence")}
+    out = [event({"type": "message_start", "message": {**head, "content": [], "usage": usage_in}})]
+    for i, block in enumerate(message.get("content") or []):
+        btype = block.get("type")
+        if btype == "text":
+            out.append(event({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))
+            out.append(event({"type": "content_block_delta", "index": i,
+                              "delta": {"type": "text_delta", "text": block.get("text") or ""}}))
+        elif btype == "tool_use":
+            out.append(event({"type": "content_block_start", "index": i,
+                              "content_block": {**block, "input": {}}}))
+            if block.get("input"):
+                out.append(event({"type": "content_block_delta", "index": i,
+                                  "delta": {"type": "input_json_delta", "partial_json": _dumps(block["input"])}}))
+        elif btype == "thinking":
+            out.append(event({"type": "content_block_start", "index": i,
+                              "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+            out.append(event({"type": "content_block_delta", "index": i,
+                              "delta": {"type": "thinking_delta", "thinking": block.get("thinking") or ""}}))
+            out.append(event({"type": "content_block_delta", "index": i,
+                              "delta": {"type": "signature_delta", "signature": block.get("signature") or ""}}))
+        else:  # redacted_thinking and other whole blocks arrive complete in their start event
+            out.append(event({"type": "content_block_start", "index": i, "content_block": block}))
+        out.append(event({"type": "content_block_stop", "index": i}))
+    out.append(event({"type": "message_delta",
+                      "delta": {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")},
+                      "usage": {"output_tokens": usage_in.get("output_tokens", 0)}}))
+    out.append(event({"type": "message_stop"}))
+    return "".join(out).encode()
 
 
 def _event_data(raw: bytes) -> bytes | None:
