@@ -8,8 +8,12 @@ Cases:
   key, `openai-*` / `x-stainless-*` headers and cookies never leave; a translation bug answers 500.
 - responseheaders, 2xx `text/event-stream`: stream through a StreamTranslator, one upstream event → one
   chunk, forwarded as it arrives.
-- response, buffered: a 2xx JSON message → chat.completion; any non-2xx → the OpenAI error of the same
-  meaning, with `retry-after` for 429s.
+- response, buffered: a 2xx JSON message → chat.completion (or, streaming mode `never`, the SSE chunks of a
+  stream in one body); any non-2xx → the OpenAI error of the same meaning, with `retry-after` for 429s.
+- streaming mode (config `streaming`, by User-Agent): `buffered` has the relay gather reads per window and the
+  translator merge a block's deltas; `never` calls Vertex unstreamed.
+- each exchange, once it ends: metrics, one log line, the flow's comment; with a dump or in mitmweb
+  (`modelmux_flow_pairs`) the four bodies too — the dump line, and the flow's metadata and comment.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from ..dump import MAX_CAPTURE, sse_events
+from ..dump import MAX_CAPTURE, shorten_payloads, sse_events
 from ..images import fetch_images
+from ..pairs import render as render_pair
 from ..translate.errors import OpenAIError, from_upstream, model_not_found
 from ..translate.request import inline_images, parse_request, to_vertex_body
 from ..translate.response import AnswerShape, thinking_to_keep, to_openai_response
@@ -40,6 +45,7 @@ from .scope import CHAT_PATH, is_ours, route_path, sent_to_listener
 log = logging.getLogger("modelmux")
 
 META = "modelmux"
+PAIR = "modelmux_pair"  # the exchange's four bodies, when kept on the flow (mitmweb, modelmux_flow_pairs)
 
 
 def exchange(flow: http.HTTPFlow) -> dict[str, Any] | None:
@@ -50,7 +56,8 @@ def exchange(flow: http.HTTPFlow) -> dict[str, Any] | None:
 class Translate:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self._captures: dict[str, dict[str, Any]] = {}  # flow id → bodies for the dump (only when dumping)
+        self._captures: dict[str, dict[str, Any]] = {}  # flow id → bodies, for the dump and the flow's pair
+        self._flow_pairs = False
 
     async def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
@@ -94,7 +101,7 @@ class Translate:
         plan = Plan(urls=urls, body=body, stream=upstream_stream, tokens=snap.tokens, retries=snap.config.retries,
                     timeouts=snap.config.timeouts,
                     window=snap.config.streaming.window_ms / 1000 if delivery == "buffered" else 0.0)
-        if self.runtime.dump.enabled:
+        if self.runtime.dump.enabled or self._flow_pairs:
             self._captures[flow.id] = {"openai_request": json.loads(flow.request.get_content(strict=False) or b"{}"),
                                        "vertex_request": {"url": urls[snap.config.vertex.region], "body": vreq.body},
                                        "upstream": bytearray(), "out": bytearray()}
@@ -143,6 +150,18 @@ class Translate:
     def load(self, loader):
         loader.add_option("modelmux_log_format", str, "text",
                           "One log line per exchange: text, or json (for log pipelines).")
+        loader.add_option("modelmux_flow_pairs", bool, False,
+                          "Keep each exchange's four bodies on its flow (metadata 'modelmux_pair', shown as the "
+                          "flow's comment). On by itself in mitmweb.")
+
+    def configure(self, updated):
+        if "modelmux_log_format" in updated and ctx.options.modelmux_log_format not in ("text", "json"):
+            raise exceptions.OptionsError("modelmux_log_format must be text or json")
+        # in mitmweb (its options exist) the pairs are what the operator came to see; streamed bodies too
+        in_web = "web_port" in ctx.options.keys()
+        self._flow_pairs = ctx.options.modelmux_flow_pairs or in_web
+        if in_web and "modelmux_flow_pairs" not in updated and not ctx.options.store_streamed_bodies:
+            ctx.options.store_streamed_bodies = True
 
     def _record(self, flow: http.HTTPFlow, ex: dict[str, Any], status: int) -> None:
         """Once per exchange, when it ends: metrics, the log line, the flow's comment (mitmweb), the dump."""
@@ -165,7 +184,12 @@ class Translate:
                      line["duration_ms"], line["attempts"], line["prompt_tokens"], line["completion_tokens"])
         capture = self._captures.pop(flow.id, None)
         if capture is not None:
-            self.runtime.dump.write(_dump_record(flow, ex, capture, outcome))
+            record = _dump_record(flow, ex, capture, outcome)
+            self.runtime.dump.write(record)
+            if self._flow_pairs:
+                record = shorten_payloads(record)
+                flow.metadata[PAIR] = record
+                flow.comment += "\n\n" + render_pair(record)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
