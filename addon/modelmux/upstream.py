@@ -49,6 +49,7 @@ USER_AGENT = f"modelmux/{__version__}"
 # headers of the relay's answer that tell the addon what happened (removed before the client sees them)
 REGION_HEADER, ATTEMPTS_HEADER, LOCAL_ERROR_HEADER = "x-modelmux-region", "x-modelmux-attempts", "x-modelmux-error"
 _PASS_HEADERS = ("content-type", "content-encoding", "retry-after")
+_HIGH_WATER = 64 * 1024  # bytes the relay may queue for mitmproxy before it waits
 
 
 # --- policy (pure) ------------------------------------------------------------------------------------------
@@ -454,7 +455,8 @@ async def _relay_response(resp: httpx.Response, writer: asyncio.StreamWriter, pl
         async for piece in pieces:
             if piece:
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                await writer.drain()
+                if writer.transport.get_write_buffer_size() > _HIGH_WATER:  # mitmproxy reading slower than Vertex
+                    await writer.drain()
     except httpx.ReadTimeout:
         event = {"type": "error", "error": {"type": "timeout_error", "message":
                  f"Vertex AI sent nothing for {plan.timeouts.idle_seconds:g} s; the answer is incomplete."}}

@@ -136,6 +136,9 @@ class Translate:
         flow.request.headers["user-agent"] = USER_AGENT
         flow.request.content = body
 
+    def running(self) -> None:
+        _http_client_logs(ctx.options.termlog_verbosity if "termlog_verbosity" in ctx.options.keys() else "info")
+
     async def done(self) -> None:
         await self.runtime.relay.stop()
 
@@ -157,6 +160,8 @@ class Translate:
     def configure(self, updated):
         if "modelmux_log_format" in updated and ctx.options.modelmux_log_format not in ("text", "json"):
             raise exceptions.OptionsError("modelmux_log_format must be text or json")
+        if "termlog_verbosity" in updated:
+            _http_client_logs(ctx.options.termlog_verbosity)
         # in mitmweb (its options exist) the pairs are what the operator came to see; streamed bodies too
         in_web = "web_port" in ctx.options.keys()
         self._flow_pairs = ctx.options.modelmux_flow_pairs or in_web
@@ -261,6 +266,14 @@ class Translate:
                         err.message)
             flow.response = error_response(err)
         ex["done"] = time.time()
+
+
+def _http_client_logs(verbosity: str) -> None:
+    """The relay's HTTP client logs each call at INFO (the exchange line already says it) and each step at DEBUG (a
+    record built per step, on the hot path): let them through only when debug output is asked for."""
+    level = logging.DEBUG if verbosity == "debug" else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _replayed_stream(msg: dict[str, Any], ex: dict[str, Any]) -> http.Response:
