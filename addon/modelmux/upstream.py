@@ -2,7 +2,7 @@
 
 mitmproxy cannot re-send a flow, and a response it streams comes from the one server connection it opened.
 So the flow does not go to Vertex directly: it goes to this relay on 127.0.0.1, inside the modelmux process,
-which makes the Vertex call with httpx and may make it again — with backoff, in another region — until the
+which makes the Vertex call (upstream_http.py) and may make it again — with backoff, in another region — until the
 first byte of a usable answer exists. Only then does the answer flow back to mitmproxy, event by event, where
 the stream translator runs as before. Once the first byte has gone to the client nothing is retried: a stream
 cannot be restarted without the client seeing the answer twice. docs/reliability.md has the whole design and
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import importlib.util
 import json
 import logging
 import random
@@ -35,10 +34,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import httpx
 
 from . import __version__
 from .auth import AuthError, TokenProvider
+from .upstream_http import (ConnectTimeout, FirstByteTimeout, IdleTimeout, Response, UpstreamClient,
+                            UpstreamError)
 from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 
 log = logging.getLogger("modelmux")
@@ -143,7 +143,7 @@ class Relay:
         self.counters = Counters()
         self._plans: dict[str, Plan] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
         self._starting: asyncio.Lock | None = None
         self.port = 0
 
@@ -155,11 +155,8 @@ class Relay:
             self._starting = asyncio.Lock()
         async with self._starting:
             if self._server is None:
-                # trust_env=False: the proxy's own HTTPS_PROXY often points at the proxy itself
-                self._client = httpx.AsyncClient(trust_env=False, http2=importlib.util.find_spec("h2") is not None,
-                                                 timeout=None,
-                                                 limits=httpx.Limits(max_connections=2000,
-                                                                     max_keepalive_connections=200))
+                # never through a proxy: the proxy's own HTTPS_PROXY often points at the proxy itself
+                self._client = UpstreamClient()
                 self._server = await asyncio.start_server(self._serve_connection, "127.0.0.1", 0)
                 self.port = self._server.sockets[0].getsockname()[1]
         return self.port
@@ -223,7 +220,7 @@ class Relay:
                 _local_error_body(*error)
         try:
             body = resp.content if resp.is_stream_consumed else await resp.aread()
-        except httpx.HTTPError as err:
+        except UpstreamError as err:
             return 502, {"content-type": "application/json", **_local_error_headers(plan)}, \
                 _local_error_body(502, f"Vertex AI's answer broke off: {type(err).__name__}")
         finally:
@@ -253,13 +250,13 @@ class Relay:
         finally:
             await resp.aclose()
 
-    async def _call(self, plan: Plan) -> tuple[httpx.Response | None, tuple[int, str]]:
+    async def _call(self, plan: Plan) -> tuple[Response | None, tuple[int, str]]:
         assert self._client is not None
         regions = self.breaker.order(list(plan.urls))
         cfg = plan.retries
         waited = 0.0
         last_error: tuple[int, str] = (502, "modelmux could not reach Vertex AI")
-        last_response: httpx.Response | None = None
+        last_response: Response | None = None
         refreshed = False
         region_i = 0
         for attempt in range(1, cfg.max_attempts + 1):
@@ -271,26 +268,22 @@ class Relay:
                 token = await plan.tokens.token()
             except AuthError as err:
                 return None, (500, f"modelmux could not authenticate to Vertex AI: {err}")
-            timeout = {"connect": plan.timeouts.connect_seconds, "read": plan.timeouts.first_byte_seconds,
-                       "write": plan.timeouts.connect_seconds, "pool": plan.timeouts.connect_seconds}
-            request = self._client.build_request(
-                "POST", plan.urls[region], content=plan.body, extensions={"timeout": timeout},
-                headers={"authorization": f"Bearer {token}", "content-type": "application/json",
-                         "accept": "text/event-stream" if plan.stream else "application/json",
-                         "accept-encoding": "identity" if plan.stream else "gzip, identity",
-                         "user-agent": USER_AGENT})
+            headers = {"authorization": f"Bearer {token}", "content-type": "application/json",
+                       "accept": "text/event-stream" if plan.stream else "application/json",
+                       "accept-encoding": "identity" if plan.stream else "gzip, identity", "user-agent": USER_AGENT}
             try:
-                resp = await self._client.send(request, stream=True)
-            except httpx.TimeoutException as err:
+                resp = await self._client.post(plan.urls[region], headers, plan.body,
+                                               connect_seconds=plan.timeouts.connect_seconds,
+                                               first_byte_seconds=plan.timeouts.first_byte_seconds)
+            except (ConnectTimeout, FirstByteTimeout) as err:
                 self.breaker.failure(region)
-                kind = "connect" if isinstance(err, httpx.ConnectTimeout) else "first byte"
+                kind = "connect" if isinstance(err, ConnectTimeout) else "first byte"
                 limit = plan.timeouts.connect_seconds if kind == "connect" else plan.timeouts.first_byte_seconds
                 last_error, last_response = (504, f"Vertex AI in {region} did not answer within {limit:g} s "
                                                   f"({kind})."), None
-            except httpx.HTTPError as err:
+            except UpstreamError as err:
                 self.breaker.failure(region)
-                last_error, last_response = (502, f"modelmux could not reach Vertex AI in {region}: "
-                                                  f"{type(err).__name__}: {err}"[:400]), None
+                last_error, last_response = (502, f"modelmux could not reach Vertex AI in {region}: {err}"[:400]), None
             else:
                 status = resp.status_code
                 if status == 401 and not refreshed:
@@ -308,7 +301,7 @@ class Relay:
                 if status not in RETRYABLE:
                     if status < 500:
                         self.breaker.success(region)
-                    timeout["read"] = plan.timeouts.idle_seconds  # from now on: the gap between events
+                    resp.idle_seconds = plan.timeouts.idle_seconds  # from now on: the gap between events
                     return resp, last_error
                 await _keep(resp)
                 self.breaker.failure(region)
@@ -350,8 +343,8 @@ def _status_line(status: int) -> str:
         return f"HTTP/1.1 {status} Error"  # 529 and other non-standard codes
 
 
-def _passed_headers(resp: httpx.Response, *, decoded: bool) -> dict[str, str]:
-    """The upstream headers the addon needs; no content-encoding once httpx has decoded the body."""
+def _passed_headers(resp: Response, *, decoded: bool) -> dict[str, str]:
+    """The upstream headers the addon needs; no content-encoding once the body has been decoded (aread)."""
     return {k: resp.headers[k] for k in _PASS_HEADERS
             if k in resp.headers and not (decoded and k == "content-encoding")}
 
@@ -365,7 +358,7 @@ def _outcome(plan: Plan) -> dict[str, str]:
     return {REGION_HEADER: str(plan.outcome.get("region", "")), ATTEMPTS_HEADER: str(plan.outcome.get("attempts", 0))}
 
 
-async def _keep(resp: httpx.Response) -> None:
+async def _keep(resp: Response) -> None:
     """Read an error answer fully (it may become the final one) and free its connection."""
     await resp.aread()
     await resp.aclose()
@@ -439,7 +432,7 @@ async def _write_simple(writer: asyncio.StreamWriter, status: int, body: bytes,
     await writer.drain()
 
 
-async def _relay_response(resp: httpx.Response, writer: asyncio.StreamWriter, plan: Plan) -> bool:
+async def _relay_response(resp: Response, writer: asyncio.StreamWriter, plan: Plan) -> bool:
     kept = resp.is_stream_consumed  # an error answer kept from an earlier attempt, already decoded
     head = [_status_line(resp.status_code), *(f"{k}: {v}" for k, v in _passed_headers(resp, decoded=kept).items()),
             *(f"{k}: {v}" for k, v in _outcome(plan).items())]
@@ -457,12 +450,12 @@ async def _relay_response(resp: httpx.Response, writer: asyncio.StreamWriter, pl
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 if writer.transport.get_write_buffer_size() > _HIGH_WATER:  # mitmproxy reading slower than Vertex
                     await writer.drain()
-    except httpx.ReadTimeout:
+    except IdleTimeout:
         event = {"type": "error", "error": {"type": "timeout_error", "message":
                  f"Vertex AI sent nothing for {plan.timeouts.idle_seconds:g} s; the answer is incomplete."}}
         piece = f"\n\nevent: error\ndata: {json.dumps(event)}\n\n".encode()
         writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-    except httpx.HTTPError as err:
+    except UpstreamError as err:
         # the upstream broke mid-answer: end our body cleanly; the translator reports the truncation
         log.warning("modelmux: Vertex AI stream broke: %s", type(err).__name__)
     writer.write(b"0\r\n\r\n")

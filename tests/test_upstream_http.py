@@ -1,0 +1,146 @@
+"""The relay's HTTP/1.1 client (upstream_http.py) against a real loopback server speaking raw HTTP/1.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import pytest
+
+from modelmux.upstream_http import FirstByteTimeout, IdleTimeout, UpstreamClient, UpstreamError
+
+
+class Server:
+    """Answers each request on a connection with the next scripted reply: a list of (delay, bytes) to write, and
+    whether to close the connection afterwards. Counts connections and keeps the requests' heads."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.connections = 0
+        self.heads: list[bytes] = []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/x:streamRawPredict"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    async def _serve(self, reader, writer):
+        self.connections += 1
+        try:
+            while self.replies:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                self.heads.append(head)
+                pieces, close = self.replies.pop(0)
+                for delay, data in pieces:
+                    await asyncio.sleep(delay)
+                    writer.write(data)
+                    await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+def ok(body: bytes, extra: bytes = b"") -> list[tuple[float, bytes]]:
+    return [(0, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + extra
+             + b"content-length: %d\r\n\r\n" % len(body) + body)]
+
+
+def chunked(*pieces: tuple[float, bytes]) -> list[tuple[float, bytes]]:
+    head = (0, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    return [head, *((d, b"%x\r\n%s\r\n" % (len(p), p)) for d, p in pieces), (0, b"0\r\n\r\n")]
+
+
+async def post(client: UpstreamClient, url: str, **kw):
+    return await client.post(url, {"authorization": "Bearer t", "content-type": "application/json"}, b'{"a": 1}',
+                             connect_seconds=kw.get("connect", 2), first_byte_seconds=kw.get("first_byte", 2))
+
+
+def test_keep_alive_reuses_one_connection_and_sends_the_request_as_given():
+    async def main():
+        async with Server([(ok(b'{"n": 1}'), False), (ok(b'{"n": 2}'), False)]) as srv:
+            client = UpstreamClient()
+            bodies = []
+            for _ in range(2):
+                resp = await post(client, srv.url)
+                bodies.append(await resp.aread())
+                await resp.aclose()
+            await client.aclose()
+            return srv, bodies
+
+    srv, bodies = asyncio.run(main())
+    assert bodies == [b'{"n": 1}', b'{"n": 2}'] and srv.connections == 1
+    head = srv.heads[0].decode().lower()
+    assert head.startswith("post /v1/x:streamrawpredict http/1.1") and "authorization: bearer t" in head
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced():
+    async def main():
+        async with Server([(ok(b"1"), True), (ok(b"2"), False)]) as srv:
+            client = UpstreamClient()
+            first = await post(client, srv.url)
+            await first.aread()
+            await asyncio.sleep(0.05)  # the server's close arrives while the connection sits in the pool
+            second = await post(client, srv.url)
+            body = await second.aread()
+            await client.aclose()
+            return srv, body
+
+    srv, body = asyncio.run(main())
+    assert body == b"2" and srv.connections == 2
+
+
+def test_a_stream_arrives_piece_by_piece_and_silence_is_an_idle_timeout():
+    async def main():
+        async with Server([(chunked((0, b"event: a\n\n"), (0.05, b"event: b\n\n"), (0.5, b"late")), True)]) as srv:
+            client = UpstreamClient()
+            resp = await post(client, srv.url)
+            resp.idle_seconds = 0.2
+            got = []
+            with pytest.raises(IdleTimeout):
+                async for piece in resp.aiter_raw():
+                    got.append(piece)
+            await resp.aclose()
+            await client.aclose()
+            return resp, got
+
+    resp, got = asyncio.run(main())
+    assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream"
+    assert got == [b"event: a\n\n", b"event: b\n\n"]
+
+
+def test_a_body_cut_short_is_an_error_and_gzip_is_decoded():
+    async def main():
+        cut = [(0, b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")]
+        body = b'{"error": {"code": 429}}'
+        async with Server([(ok(gzip.compress(body), b"content-encoding: gzip\r\n"), False), (cut, True)]) as srv:
+            client = UpstreamClient()
+            zipped = await (await post(client, srv.url)).aread()
+            resp = await post(client, srv.url)
+            with pytest.raises(UpstreamError):
+                await resp.aread()
+            await client.aclose()
+            return zipped, body
+
+    zipped, body = asyncio.run(main())
+    assert zipped == body
+
+
+def test_no_answer_in_time_and_no_server_are_errors():
+    async def main():
+        async with Server([([(1.0, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")], True)]) as srv:
+            client = UpstreamClient()
+            with pytest.raises(FirstByteTimeout):
+                await post(client, srv.url, first_byte=0.1)
+            url = srv.url
+        with pytest.raises(UpstreamError):
+            await post(client, url)  # the server is gone: connection refused
+        await client.aclose()
+
+    asyncio.run(main())
