@@ -141,9 +141,10 @@ class Response:
 
 
 class UpstreamClient:
-    def __init__(self) -> None:
-        # certifi: the same public roots httpx trusted before (the proxy's own trust settings are for its clients)
-        self._ssl = ssl.create_default_context(cafile=certifi.where())
+    def __init__(self, cafile: str | None = None) -> None:
+        # certifi by default: the same public roots httpx trusted before (the proxy's own trust settings are for
+        # its clients)
+        self._ssl = ssl.create_default_context(cafile=cafile or certifi.where())
         self._idle: dict[_Origin, list[_Connection]] = {}
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, *, connect_seconds: float,
