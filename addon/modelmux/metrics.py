@@ -1,15 +1,25 @@
 """Prometheus metrics of the translated exchanges, built with prometheus-client on a registry of our own (two
-proxies in one process, or tests, never share series). Served at `GET /metrics` on the proxy's listener."""
+proxies in one process, or tests, never share series). Served at `GET /metrics` on the proxy's listener.
+
+Several processes (`modelmux run --workers N`, docs/scaling.md): with PROMETHEUS_MULTIPROC_DIR set, every
+process writes its values to prometheus-client's files in that directory and `render` sums them over all
+processes, dead ones included for counters and histograms (the live-stream gauge counts live processes only).
+The relay's and the token provider's counts, plain integers read at scrape time in one process, are then
+copied into real counters by their increase since the last copy: when an exchange ends and when this process
+is scraped.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -27,8 +37,14 @@ class Metrics:
         self.local_errors = Counter("modelmux_local_errors", "Requests modelmux answered itself with an error, "
                                     "never sent upstream (bad input, unknown model or path, client key)",
                                     ["status", "code"], registry=self.registry)
-        self.active_streams = Gauge("modelmux_active_streams", "Streams being relayed now", registry=self.registry)
-        self.registry.register(_UpstreamCollector(relay_counters, token_refreshes))
+        self.active_streams = Gauge("modelmux_active_streams", "Streams being relayed now", registry=self.registry,
+                                    multiprocess_mode="livesum")
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._copied: _CopiedUpstreamCounters | None = None
+        if self.multiprocess:
+            self._copied = _CopiedUpstreamCounters(self.registry, relay_counters, token_refreshes)
+        else:
+            self.registry.register(_UpstreamCollector(relay_counters, token_refreshes))
 
     def observe(self, ex: dict[str, Any], status: int, mode: str) -> None:
         model, stream = ex["requested_model"], str(ex["stream"]).lower()
@@ -44,9 +60,16 @@ class Metrics:
                         ("cache_read", read), ("cache_write", write)):
             if n:
                 self.tokens.labels(model, kind).inc(n)
+        if self._copied is not None:
+            self._copied.copy()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._copied is None:
+            return generate_latest(self.registry)
+        self._copied.copy()
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone)
+        return generate_latest(everyone)
 
 
 class _UpstreamCollector:
@@ -64,3 +87,32 @@ class _UpstreamCollector:
             yield CounterMetricFamily(name, text, value=c[key])
         yield CounterMetricFamily("modelmux_token_refreshes", "Google access tokens fetched",
                                   value=self.token_refreshes())
+
+
+class _CopiedUpstreamCounters:
+    """With several processes: the same counters as _UpstreamCollector, as real counters (summed over processes),
+    advanced by what the relay's and the token provider's counts grew since the last copy. A count that went
+    down (a new token provider after a config reload) restarts from zero, as Prometheus treats a reset."""
+
+    _RELAY = (("modelmux_upstream_retries", "retries", "Vertex calls repeated after a backoff"),
+              ("modelmux_upstream_failovers", "failovers", "Vertex calls moved to another region"),
+              ("modelmux_upstream_errors", "upstream_errors", "Retryable errors Vertex answered"))
+
+    def __init__(self, registry: CollectorRegistry, relay_counters: Callable[[], dict[str, Any]],
+                 token_refreshes: Callable[[], int]):
+        self.relay_counters = relay_counters
+        self.token_refreshes = token_refreshes
+        self.counters = {key: Counter(name, text, registry=registry) for name, key, text in self._RELAY}
+        self.counters["token_refreshes"] = Counter("modelmux_token_refreshes", "Google access tokens fetched",
+                                                   registry=registry)
+        self.seen = dict.fromkeys(self.counters, 0)
+
+    def copy(self) -> None:
+        relay = self.relay_counters()
+        now = {key: relay[key] for _, key, _ in self._RELAY}
+        now["token_refreshes"] = self.token_refreshes()
+        for key, value in now.items():
+            grown = value - self.seen[key] if value >= self.seen[key] else value
+            if grown:
+                self.counters[key].inc(grown)
+            self.seen[key] = value

@@ -2,7 +2,8 @@
 
 - `GET /v1/models`: the mapped names and the Claude models they reach, from the config;
 - `GET /v1/models/{id}`: that model if a chat request for it would be served, else 404 `model_not_found`;
-- `GET /health`: liveness and the relay's counters (calls in progress, retries, failovers, open circuits);
+- `GET /health`: liveness, which process answered (pid, worker index under `--workers`) and that process's
+  relay counters (calls in progress, retries, failovers, open circuits);
 - `GET /metrics`: Prometheus text (metrics.py);
 - any path of ours other than `POST /v1/chat/completions`: an OpenAI-shaped 404 (or 405 for a wrong method
   on the chat path). It is never forwarded to OpenAI: the app's key must not leave the machine.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from urllib.parse import unquote
 
@@ -55,7 +57,8 @@ class LocalEndpoints:
         if method == "GET" and path == "/v1/metrics":
             flow.response = http.Response.make(200, self.runtime.metrics.render(), {"content-type": METRICS_TYPE})
         elif method == "GET" and path == "/v1/health":
-            flow.response = json_response(200, {"status": "ok", "relay": self.runtime.relay.health(),
+            flow.response = json_response(200, {"status": "ok", "pid": os.getpid(), "worker": self.runtime.worker,
+                                                "relay": self.runtime.relay.health(),
                                                 "thinking_cache_entries": len(self.runtime.thinking),
                                                 "token_refreshes": snap.tokens.refreshes})
         elif method == "GET" and path == "/v1/models":

@@ -31,6 +31,7 @@ class Runtime:
         self.thinking = ThinkingCache()  # outlives config reloads: a tool loop may span one
         self.relay = Relay()  # so do the circuit breakers' memories and the upstream connections
         self.dump = DumpWriter()
+        self.worker: int | None = None  # which of `modelmux run --workers N` this process is (1…N), else None
         self.metrics = Metrics(self.relay.health, lambda: self.current.tokens.refreshes if self.current else 0)
 
     def install(self, config: Config, tokens: TokenProvider | None = None) -> Snapshot:
