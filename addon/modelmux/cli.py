@@ -29,12 +29,21 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", action="append", default=None, metavar="MODE",
                    help="mitmproxy proxy mode, repeatable: regular (default), reverse:https://api.openai.com, "
                         "regular@8080, reverse:https://api.openai.com@8081, …")
+    p.add_argument("--web", action="store_true",
+                   help="run with mitmweb's UI: every flow shows the app's OpenAI request, the Vertex exchange and "
+                        "the translated answer (streamed bodies kept)")
+    p.add_argument("--web-port", type=int, default=8081, help="port of the web UI with --web (default: 8081)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="one log line per exchange, as text or as JSON (default: text)")
     p.add_argument("--dump", metavar="FILE", help="append every translated exchange to FILE as a JSON line "
                                                   "(read it with `modelmux pairs FILE`)")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                    help="any other mitmproxy option, repeatable (e.g. --set termlog_verbosity=debug)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N proxy processes sharing the listen port(s) (SO_REUSEPORT, Linux), one core each; "
+                        "/metrics sums them (default: 1; docs/scaling.md)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the --workers parent: this worker's index
+    p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # and its end of the socket pair to the parent
 
 
 def _allow_hosts(intercept_hosts: tuple[str, ...], modes: list[str]) -> list[str]:
@@ -53,7 +62,7 @@ async def _run_proxy(args: argparse.Namespace) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
-    from .addons import make_addons
+    from .addons import Runtime, make_addons
     from .config import ConfigError, load_config
 
     try:
@@ -67,8 +76,20 @@ async def _run_proxy(args: argparse.Namespace) -> int:
     for name in ("tornado", "asyncio", "hpack", "quic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    master.addons.add(*make_addons())
+    if args.web:
+        from mitmproxy.tools.web.master import WebMaster
+
+        master = WebMaster(opts, with_termlog=True)
+    else:
+        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    runtime = Runtime()
+    if args.worker is not None:  # one of `--workers N`: listeners shared with the others, linked to the parent
+        from .workers import WorkerLink, tcp_only_listeners
+
+        tcp_only_listeners()
+        runtime.worker = args.worker
+        master.addons.add(WorkerLink(args.worker_fd, master.shutdown))
+    master.addons.add(*make_addons(runtime))
     try:
         # after the addons are in: most of these options are declared by them (proxyserver, next_layer, ours)
         opts.update(
@@ -82,6 +103,8 @@ async def _run_proxy(args: argparse.Namespace) -> int:
             modelmux_dump=args.dump or "",
             modelmux_log_format=args.log_format,
         )
+        if args.web:  # the UI on loopback, no browser started (a server has none); the flows keep their bodies
+            opts.update(web_port=args.web_port, web_open_browser=False, store_streamed_bodies=True)
         for item in args.set:
             name, _, value = item.partition("=")
             opts.set(f"{name}={value}")
@@ -97,7 +120,59 @@ async def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.worker is not None:
+        from .workers import ReusePortLoop, listeners
+
+        ports = {item.port for item in listeners(args.mode or ["regular"], args.listen_host, args.listen_port)}
+        return asyncio.run(_run_proxy(args), loop_factory=lambda: ReusePortLoop(ports))
+    if args.workers != 1:
+        return _run_workers(args)
     return asyncio.run(_run_proxy(args))
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """`run --workers N`: check what can be checked once, then start and supervise N `run --worker I` processes."""
+    from . import workers
+    from .config import ConfigError, load_config
+
+    try:
+        if args.workers < 1:
+            raise workers.WorkersError(f"--workers must be at least 1, not {args.workers}")
+        if not sys.platform.startswith("linux"):
+            raise workers.WorkersError("--workers needs Linux (SO_REUSEPORT balancing connections); elsewhere run "
+                                       "one process per port behind a load balancer (docs/scaling.md)")
+        if args.web:
+            raise workers.WorkersError("--web shows one process's flows and has one UI port: use it without --workers")
+        load_config(args.config)
+        items = workers.listeners(args.mode or ["regular"], args.listen_host, args.listen_port)
+        workers.check_free(items)
+    except (workers.WorkersError, ConfigError) as err:
+        print(f"modelmux: {err}", file=sys.stderr)
+        return 2
+    workers.ensure_ca(args.confdir)
+    return workers.supervise(args.workers, lambda index, fd: _worker_argv(args, index, fd), items)
+
+
+def _worker_argv(args: argparse.Namespace, index: int, fd: int) -> list[str]:
+    """A worker's command line: this `run`'s arguments as parsed (every flag of the run parser that is not at its
+    default), without --workers, with the hidden --worker and --worker-fd."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    _add_run(sub)
+    argv = [sys.executable, "-m", "modelmux.cli", "run"]
+    for action in sub.choices["run"]._actions:
+        if not action.option_strings or action.dest in ("help", "workers", "worker", "worker_fd"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true / store_false
+            argv.append(flag)
+        elif isinstance(value, list):  # append
+            argv += [x for item in value for x in (flag, str(item))]
+        else:
+            argv += [flag, str(value)]
+    return argv + ["--worker", str(index), "--worker-fd", str(fd)]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
