@@ -16,6 +16,7 @@ import openai
 import pytest
 from openapi import validate_completion, validate_error, validate_openai_sse
 
+import procs
 from e2e import CLIENT_KEY
 
 CLIENT_KINDS = ["https_proxy", "reverse", "direct"]
@@ -160,27 +161,7 @@ def test_other_https_is_tunnelled_untouched(proxy, tmp_path):
 @contextlib.contextmanager
 def tls_server(tmp_path):
     """An HTTPS server on loopback with its own self-signed certificate for 127.0.0.1."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "srv.pem", tmp_path / "srv.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_file, key_file = procs.self_signed_cert(tmp_path)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

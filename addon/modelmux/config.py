@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message says where and why."""
 
 
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,9 +57,7 @@ class VertexConfig(_Strict):
     @field_validator("anthropic_version")
     @classmethod
     def _version(cls, value: str) -> str:
-        if value not in ANTHROPIC_VERSIONS:
-            raise ValueError(f"must be one of {', '.join(ANTHROPIC_VERSIONS)}")
-        return value
+        return _one_of(value, ANTHROPIC_VERSIONS)
 
 
 class AuthConfig(_Strict):
@@ -138,9 +142,7 @@ class StreamingRule(_Strict):
     @field_validator("mode")
     @classmethod
     def _mode(cls, value: str) -> str:
-        if value not in STREAMING_MODES:
-            raise ValueError(f"must be one of {', '.join(STREAMING_MODES)}")
-        return value
+        return _one_of(value, STREAMING_MODES)
 
 
 class StreamingConfig(_Strict):
@@ -153,7 +155,10 @@ class StreamingConfig(_Strict):
     window_ms: float = Field(default=50.0, gt=0, le=5000)
     rules: tuple[StreamingRule, ...] = ()  # first match on the client's User-Agent wins; else `mode`
 
-    _mode = field_validator("mode")(StreamingRule._mode.__func__)
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        return _one_of(value, STREAMING_MODES)
 
     def mode_for(self, user_agent: str) -> str:
         for rule in self.rules:
