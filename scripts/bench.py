@@ -105,7 +105,7 @@ REGULAR, REVERSE, LITELLM = "modelmux regular (HTTPS_PROXY)", "modelmux reverse 
 TWIN = {MITM_TLS: MITM, REGULAR: MITM_TLS, REVERSE: MITM, LITELLM: MITM}
 FULL = dict(requests=300, streams=100, paced=20, pace_ms=20.0, concurrency=[64, 256], throughput_streams=2000,
             throughput_seconds=15.0, cpu_streams=400, soak=10_000, soak_seconds=120.0, starts=5, translator_s=2.0)
-QUICK = dict(requests=30, streams=20, paced=5, pace_ms=20.0, concurrency=[16, 32], throughput_streams=200,
+QUICK = dict(requests=30, streams=20, paced=3, pace_ms=20.0, concurrency=[16, 32], throughput_streams=200,
              throughput_seconds=3.0, cpu_streams=40, soak=500, soak_seconds=8.0, starts=2, translator_s=0.5)
 PACED_CONCURRENCY, CPU_CONCURRENCY, SOAK_CONCURRENCY = 1, 8, 8
 ROUNDS = 3  # latency, first chunk, paced and throughput: in rounds over the paths in turn
