@@ -138,6 +138,8 @@ class Translate:
 
     def running(self) -> None:
         _http_client_logs(ctx.options.termlog_verbosity if "termlog_verbosity" in ctx.options.keys() else "info")
+        if _in_mitmweb() and not ctx.options.store_streamed_bodies:
+            ctx.options.store_streamed_bodies = True  # a streamed flow shows the chunks the app received
 
     async def done(self) -> None:
         await self.runtime.relay.stop()
@@ -162,11 +164,8 @@ class Translate:
             raise exceptions.OptionsError("modelmux_log_format must be text or json")
         if "termlog_verbosity" in updated:
             _http_client_logs(ctx.options.termlog_verbosity)
-        # in mitmweb (its options exist) the pairs are what the operator came to see; streamed bodies too
-        in_web = "web_port" in ctx.options.keys()
-        self._flow_pairs = ctx.options.modelmux_flow_pairs or in_web
-        if in_web and "modelmux_flow_pairs" not in updated and not ctx.options.store_streamed_bodies:
-            ctx.options.store_streamed_bodies = True
+        # in mitmweb (its options exist) the pairs are what the operator came to see
+        self._flow_pairs = ctx.options.modelmux_flow_pairs or _in_mitmweb()
 
     def _record(self, flow: http.HTTPFlow, ex: dict[str, Any], status: int) -> None:
         """Once per exchange, when it ends: metrics, the log line, the flow's comment (mitmweb), the dump."""
@@ -266,6 +265,10 @@ class Translate:
                         err.message)
             flow.response = error_response(err)
         ex["done"] = time.time()
+
+
+def _in_mitmweb() -> bool:
+    return "web_port" in ctx.options.keys()
 
 
 def _http_client_logs(verbosity: str) -> None:
