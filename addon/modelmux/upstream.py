@@ -34,12 +34,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-
 from . import __version__
 from .auth import AuthError, TokenProvider
+from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 from .upstream_http import (ConnectTimeout, FirstByteTimeout, IdleTimeout, Response, UpstreamClient,
                             UpstreamError)
-from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 
 log = logging.getLogger("modelmux")
 

@@ -71,7 +71,7 @@ class Response:
     def __init__(self, client: UpstreamClient, conn: _Connection, status: int, headers: dict[str, str]):
         self.status_code = status
         self.headers = headers  # lower-case names
-        self.idle_seconds: float | None = None  # the longest wait for the next piece of the body
+        self.idle_seconds: float | None = None  # the longest wait for the next piece of the body (post sets it)
         self._client: UpstreamClient | None = client
         self._conn: _Connection | None = conn
         self._body: bytes | None = None
@@ -182,7 +182,9 @@ class UpstreamClient:
                 conn.close()
                 raise UpstreamError(f"unexpected {type(event).__name__} instead of an answer")
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}  # h11 lower-cases
-            return Response(self, conn, event.status_code, headers)
+            resp = Response(self, conn, event.status_code, headers)
+            resp.idle_seconds = first_byte_seconds  # an error body must not hang either; a stream sets its own
+            return resp
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
