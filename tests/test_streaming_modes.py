@@ -153,3 +153,11 @@ def test_relay_window_delivers_what_it_gathered_before_a_failure():
         return got, False
 
     assert asyncio.run(main()) == ([b"ab"], True)
+
+
+def test_buffered_turns_a_malformed_delta_into_the_same_error_as_passthrough():
+    bad = sse(*EVENTS[:3], {"type": "content_block_delta", "index": 0}, *EVENTS[3:])
+    for coalesce in (False, True):
+        t = StreamTranslator(shape(), coalesce=coalesce)
+        out = t.feed(bad) + t.finish()
+        assert t.failed and t.failed.code == "bad_upstream_event" and b"[DONE]" not in out

@@ -128,8 +128,8 @@ class StreamTranslator:
                     if held is not None:
                         self._delta(held, parts)
                         held = None
-                    if kind == "content_block_delta" and self._started:
-                        held = event
+                    if kind == "content_block_delta" and self._started and isinstance(event.get("delta"), dict):
+                        held = event  # well-formed only: it is rendered after the loop, outside this try
                         continue
                 if not self._started and kind in ("content_block_start", "content_block_delta", "message_stop"):
                     self._start({}, parts)  # content before message_start: keep the stream well-formed
