@@ -148,7 +148,8 @@ class StreamingRule(_Strict):
 class StreamingConfig(_Strict):
     """How a streamed answer reaches the client (docs/mapping.md, "Streaming modes"):
     passthrough: one chunk per Vertex event, the moment it arrives (exact; what OpenAI does);
-    buffered: deltas that arrive within `window_ms` of each other leave as one chunk (clients that choke on tiny ones);
+    buffered: the deltas of one block arriving within one `window_ms` window leave as one chunk (clients that choke
+    on tiny ones);
     never: Vertex is called non-streamed; a client that asked for a stream gets the whole answer as SSE at once."""
 
     mode: str = "passthrough"
