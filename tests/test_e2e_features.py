@@ -9,7 +9,7 @@ import pytest
 from openapi import validate_completion
 
 import procs
-from e2e import CLIENT_KEY, Emulator, start_proxy
+from e2e import CLIENT_KEY, Emulator, openai_client, start_proxy
 from test_images import PNG, image_server
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -37,15 +37,7 @@ images: {{allow_private_networks: true, max_bytes: 100000}}
 @pytest.fixture(params=["https_proxy", "reverse"])
 def client(request, setup, monkeypatch):
     proxy, _ = setup
-    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    if request.param == "https_proxy":
-        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.regular_port}")
-        monkeypatch.setenv("SSL_CERT_FILE", str(proxy.ca))
-        c = openai.OpenAI(api_key=CLIENT_KEY, max_retries=0, timeout=20)
-    else:
-        c = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{proxy.reverse_port}/v1", max_retries=0,
-                          timeout=20)
+    c = openai_client(request.param, proxy, monkeypatch)
     yield c
     c.close()
 

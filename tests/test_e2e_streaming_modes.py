@@ -10,7 +10,7 @@ from openapi import validate_openai_sse
 from test_e2e_features import scrape
 
 import procs
-from e2e import CLIENT_KEY, Emulator, start_proxy
+from e2e import Emulator, openai_client, start_proxy
 
 WORDS = " ".join(f"w{i}" for i in range(12))
 
@@ -39,22 +39,14 @@ streaming:
 
 @pytest.fixture(params=["https_proxy", "reverse"])
 def make_client(request, setup, monkeypatch):
+    """openai clients as an app pointed at modelmux has them, with the User-Agent a rule may pick."""
     proxy, _ = setup
-    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
     made = []
 
     def make(user_agent: str | None = None) -> openai.OpenAI:
-        headers = {"User-Agent": user_agent} if user_agent else None
-        if request.param == "https_proxy":
-            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.regular_port}")
-            monkeypatch.setenv("SSL_CERT_FILE", str(proxy.ca))
-            c = openai.OpenAI(api_key=CLIENT_KEY, max_retries=0, timeout=20, default_headers=headers)
-        else:
-            c = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{proxy.reverse_port}/v1",
-                              max_retries=0, timeout=20, default_headers=headers)
-        made.append(c)
-        return c
+        made.append(openai_client(request.param, proxy, monkeypatch,
+                                  default_headers={"User-Agent": user_agent} if user_agent else None))
+        return made[-1]
 
     yield make
     for c in made:
