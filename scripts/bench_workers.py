@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "addon"))
 
+from bench_measure import cpu_seconds_of, machine_busy_seconds, process_tree  # noqa: E402
 from modelmux.procs import EMULATOR_READY, PROXY_READY, Proc, free_port, wait_port  # noqa: E402
 
 MODEL = "claude-sonnet-4-5@20250929"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def request_bytes(port: int, words: int) -> bytes:
@@ -99,29 +99,6 @@ async def load(port: int, concurrency: int, total: int, words: int, new_connecti
     return {"seconds": time.perf_counter() - t0, "requests": done, "chunks": chunks, "errors": errors}
 
 
-def children(parent: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                    out.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return sorted(out)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes of the machine spent busy (user, nice, system, irq, softirq, steal)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:3]) + sum(fields[5:8])) / TICK
-
-
 def self_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -136,15 +113,15 @@ def run_one(n: int, tmp: Path, config: Path, emu: Proc, args: argparse.Namespace
     proxy = Proc(argv, PROXY_READY, timeout=60)
     try:
         wait_port(port)
-        workers = children(proxy.popen.pid) if n > 1 else [proxy.popen.pid]
+        workers = sorted(process_tree(proxy.popen.pid)[1:]) if n > 1 else [proxy.popen.pid]
         asyncio.run(load(port, args.concurrency, args.concurrency * 2, args.words, args.new_connections))  # warm-up
         watched = {"emulator": emu.popen.pid, **{f"worker {i + 1}": pid for i, pid in enumerate(workers)}}
         if n > 1:
             watched["parent"] = proxy.popen.pid
-        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        before = {name: cpu_seconds_of(pid) for name, pid in watched.items()}
         client_before, busy_before = self_cpu(), machine_busy_seconds()
         result = asyncio.run(load(port, args.concurrency, args.requests, args.words, args.new_connections))
-        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in watched.items()}
+        cpu = {name: cpu_seconds_of(pid) - before[name] for name, pid in watched.items()}
         cpu["client (this script)"] = self_cpu() - client_before
         # anything else running on the machine meanwhile takes cores from the run: shown, not hidden
         cpu["other processes"] = max(0.0, machine_busy_seconds() - busy_before - sum(cpu.values()))
