@@ -414,7 +414,7 @@ async def _gathered(pieces: AsyncIterator[bytes], window: float) -> AsyncIterato
                 except StopAsyncIteration:
                     yield b"".join(gathered)
                     return
-                except BaseException:
+                except Exception:  # the upstream broke: hand on what came before it, then the error
                     yield b"".join(gathered)
                     raise
             yield b"".join(gathered)
