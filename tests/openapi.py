@@ -16,6 +16,8 @@ import jsonschema
 import referencing
 import yaml
 
+from modelmux.translate import sse
+
 SPEC_PATH = Path(os.environ.get("OPENAI_OPENAPI_SPEC", Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.yaml"))
 
 
@@ -69,13 +71,8 @@ def validate_error(body: Any) -> None:
 
 
 def sse_payloads(raw: bytes) -> list[str]:
-    """The `data:` payloads of an SSE body, in order."""
-    out = []
-    for event in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[5:].lstrip() for ln in event.split(b"\n") if ln.startswith(b"data:")]
-        if lines:
-            out.append(b"\n".join(lines).decode())
-    return out
+    """The `data:` payloads of an SSE body, in order (modelmux's one SSE parser)."""
+    return [data for _, data in sse.events(raw)]
 
 
 def validate_openai_sse(raw: bytes) -> list[dict]:

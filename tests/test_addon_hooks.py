@@ -82,8 +82,11 @@ async def test_unreachable_vertex_is_an_openai_502_not_mitmproxys_html(chain):
     _, addons = chain
     f = make_flow()  # non-streamed: called from the hook itself; nothing listens on 127.0.0.1:9
     await run_request(addons, f)
-    assert f.response.status_code == 502 and f.response.headers["x-modelmux-attempts"] == "2"
+    ex = translator_of(addons).exchanges[f.id]
+    assert f.response.status_code == 502 and ex.outcome.attempts == 2 and ex.outcome.region == "us-east5"
+    assert not any(k.startswith("x-modelmux") for k in f.response.headers)
     translator_of(addons).response(f)
+    assert f.id not in translator_of(addons).exchanges  # recorded: the record is gone with the exchange
     err = json.loads(f.response.content)
     validate_error(err)
     assert err["error"]["code"] == "upstream_unavailable" and "us-east5" in err["error"]["message"]

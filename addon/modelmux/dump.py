@@ -30,21 +30,6 @@ def shorten_payloads(value: Any) -> Any:
     return value
 
 
-def sse_events(raw: bytes) -> list[Any]:
-    """The data payloads of an SSE body, parsed where they are JSON."""
-    out: list[Any] = []
-    for event in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[5:].strip() for ln in event.split(b"\n") if ln.startswith(b"data:")]
-        if not lines:
-            continue
-        text = b"\n".join(lines).decode("utf-8", "replace")
-        try:
-            out.append(json.loads(text))
-        except ValueError:
-            out.append(text)
-    return out
-
-
 class DumpWriter:
     def __init__(self) -> None:
         self.path: Path | None = None

@@ -83,6 +83,11 @@ class Router:
         targets = [*self._map.values(), *([default] if default else [])]
         return list(dict.fromkeys(names + targets))
 
+    def label(self, requested: str) -> str:
+        """A model's metric label: its name when `models.map` configures it, else "other" — the names clients
+        choose must not grow the set of series."""
+        return requested if requested in self._map else "other"
+
     def routable(self, model: str) -> bool:
         """Whether a chat request for `model` would be served (what `GET /v1/models/{model}` answers)."""
         try:
