@@ -46,7 +46,7 @@ USER_AGENT = f"modelmux/{__version__}"
 _PASS_HEADERS = ("content-type", "content-encoding")
 _HIGH_WATER = 64 * 1024  # bytes the relay may queue for mitmproxy before it waits
 _MAX_HEAD = 64 * 1024  # the request head mitmproxy sends the relay is small; anything bigger is not ours
-_PING = b'\n\nevent: ping\ndata: {"type": "ping"}\n\n'
+_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 MAX_PENDING_PLANS = 100_000  # plans mitmproxy has not fetched yet (each is one request in flight)
 
 
@@ -365,21 +365,27 @@ async def _gathered(pieces: AsyncIterator[bytes], window: float) -> AsyncIterato
 
 
 async def _with_pings(pieces: AsyncIterator[bytes], every: float) -> AsyncIterator[bytes]:
-    """`pieces`, with a `ping` event after each `every` seconds of silence (the idle limit still applies)."""
+    """`pieces`, with a `ping` event after each `every` seconds of silence between two events (never inside a
+    half-sent one; the idle limit still applies)."""
     source = aiter(pieces)
     pending: asyncio.Future[bytes] | None = None
+    between_events = True
     try:
         while True:
             pending = pending or asyncio.ensure_future(anext(source))
             done, _ = await asyncio.wait((pending,), timeout=every)
             if not done:
-                yield _PING  # starts with a blank line: ends any half-sent event before it
+                if between_events:
+                    yield _PING
                 continue
             piece, pending = pending, None
             try:
-                yield piece.result()
+                piece = piece.result()
             except StopAsyncIteration:
                 return
+            if piece:
+                between_events = piece.endswith((b"\n\n", b"\r\n\r\n"))
+            yield piece
     finally:
         if pending is not None:
             pending.cancel()
