@@ -23,9 +23,10 @@ from openapi import validate_embeddings, validate_error
 
 from modelmux import cl100k
 from modelmux.config import EmbeddingLimits, parse_config
+from modelmux.translate import embeddings
 from modelmux.translate.embeddings import (
-    MAX_INPUTS, TOKEN_BUDGET_SHARE, EmbeddingsPlan, assemble, batch_error, embeddings_plan, parse_embeddings_request,
-    plan_embeddings, split, token_budget)
+    MAX_INPUTS, TOKEN_BUDGET_SHARE, EmbeddingsPlan, assemble, assemble_bytes, batch_error, embeddings_plan,
+    parse_embeddings_request, plan_embeddings, split, token_budget)
 from modelmux.translate.errors import OpenAIError
 from modelmux.vertex import EmbeddingRoute, Router
 
@@ -434,6 +435,56 @@ def test_usage_takes_vertex_counts_and_counts_itself_where_none():
     answer["predictions"][0]["embeddings"]["statistics"]["token_count"] = float("inf")
     expected = len(ENC.encode_ordinary("one two three")) + len(ENC.encode_ordinary("four"))
     assert assemble(plan, [answer])["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+
+
+JSON_STYLES = {"default": {}, "pretty": {"indent": 2}, "compact": {"separators": (",", ":")}}
+
+
+@pytest.fixture
+def no_slow_path(monkeypatch):
+    def fail(*args):
+        raise AssertionError("assemble_bytes took the parse-and-print path")
+    monkeypatch.setattr(embeddings, "assemble", fail)
+
+
+def test_float_answer_bytes_copy_vertex_numbers(no_slow_path):
+    texts = [f"passage {i}" for i in range(600)]
+    plan = plan_for(input=texts)
+    answers = [json.dumps(vertex_answer(b, width=32), indent=2).encode() for b in plan.batches]  # as Google prints
+    content = assemble_bytes(plan, answers)
+    assert b" " not in content and b"\n" not in content  # whitespace inside the arrays removed
+    assert validate_embeddings(content) == [vector(t, 32) for t in texts]
+    assert json.loads(content)["usage"] == {"prompt_tokens": 1200, "total_tokens": 1200}
+
+
+@PROPS
+@given(rows=st.lists(st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-5, 5), min_size=3,
+                              max_size=3), min_size=1, max_size=12),
+       style=st.sampled_from(sorted(JSON_STYLES)), fmt=st.sampled_from(["float", "base64"]),
+       counts=st.sampled_from([7, 2.0, None]))
+def test_answer_bytes_equal_the_answer(rows, style, fmt, counts):
+    plan = plan_for(input=[f"t{i}" for i in range(len(rows))], encoding_format=fmt)
+    answer = {"predictions": [{"embeddings": {"values": r, "statistics": {"token_count": counts}}} for r in rows]}
+    raw = json.dumps(answer, **JSON_STYLES[style]).encode()
+    assert json.loads(assemble_bytes(plan, [raw])) == assemble(plan, [answer])
+
+
+def test_answer_bytes_fall_back_to_assemble_and_its_errors():
+    plan = plan_for(input=["a", "b"])
+    good = vertex_answer(plan.batches[0])
+    assert json.loads(assemble_bytes(plan, [good])) == assemble(plan, [good])  # parsed answers: the dict path
+    with pytest.raises(OpenAIError) as err:
+        assemble_bytes(plan, [json.dumps(good).replace("0.", "NaN, 0.", 1).encode()])
+    assert (err.value.status, err.value.code) == (502, "bad_upstream_response")
+    for broken in ({"values": [0.1, 0.2], "statistics": {}},  # another "values" array beside the vectors
+                   {"embeddings": {"values": [1]}}):  # the wrong width
+        answer = json.loads(json.dumps(good))
+        answer["predictions"][1] = broken
+        with pytest.raises(OpenAIError) as err:
+            assemble_bytes(plan, [json.dumps(answer).encode()])
+        assert err.value.status == 502 and "prediction 1" in err.value.message
+    odd = json.dumps(good).encode().replace(b"[", b"[ ", 1)  # harmless whitespace: still the fast path
+    assert json.loads(assemble_bytes(plan, [odd])) == assemble(plan, [good])
 
 
 def bad(plan, answers) -> OpenAIError:

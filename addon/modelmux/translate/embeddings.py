@@ -6,7 +6,8 @@ For the hook:
     plan = embeddings_plan(raw_body, router.route_embedding, truncate=config.embeddings.truncate)   # or a 400/404
     # POST each plan.batches[k] as JSON to router.embedding_url(plan.route), at most
     # embeddings.max_concurrent_batches at a time; a failed one: batch_error(plan, k, status, content, headers)
-    body = assemble(plan, answers)   # answers[k]: Vertex's 2xx answer (bytes or parsed JSON) to plan.batches[k]
+    content = assemble_bytes(plan, answers)   # answers[k]: Vertex's 2xx body (bytes) to plan.batches[k]
+    # (assemble(plan, answers) gives the same answer as a dict)
 
 Every field's treatment is in docs/mapping.md ("Embeddings"); the non-obvious points:
 
@@ -16,13 +17,16 @@ Every field's treatment is in docs/mapping.md ("Embeddings"); the non-obvious po
   tokenizer, so a batch carries at most TOKEN_BUDGET_SHARE of the model's tokens_per_request by that count; a
   text above tokens_per_text is a 400 (unless `truncate`), and Vertex's own 400 covers the rest;
 - batches are runs of consecutive inputs, so the answers concatenate back in input order;
-- `usage` is the sum of Vertex's `statistics.token_count` (cl100k_base counts where Vertex gives none).
+- `usage` is the sum of Vertex's `statistics.token_count` (cl100k_base counts where Vertex gives none);
+- for `float` answers, `assemble_bytes` copies Vertex's number arrays into the answer without parsing them into
+  Python floats and printing them again (which costs seconds for 600 vectors of 3072 values).
 """
 
 from __future__ import annotations
 
 import binascii
 import json
+import re
 import sys
 from array import array
 from collections.abc import Callable, Sequence
@@ -386,3 +390,85 @@ def batch_error(plan: EmbeddingsPlan, k: int, status: int, content: bytes, heade
         a, b = plan.spans[k]
         err = replace(err, message=f"{err.message} (inputs {a}…{b - 1}, request {k + 1} of {len(plan.batches)})")
     return err
+
+
+# Vertex's vectors as they stand in its JSON, whitespace removed: `"values":[numbers]` (numbers hold no `]`)
+_VALUES = re.compile(rb'"values":(\[[^\]]*\])')
+_WHITESPACE = b" \t\n\r"
+_NUMBER_BYTES = b"0123456789.eE+-,"
+
+
+def _lifted_arrays(raw: bytes) -> tuple[Any, list[bytes]] | None:
+    """Vertex's answer with each `values` array replaced by its ordinal, and the arrays themselves; None unless
+    the rest is JSON and each array holds only comma-separated number characters. Whitespace goes first, from the
+    whole body: outside strings JSON does not need it, and inside one (none of which is used here) a JSON string
+    cannot hold a raw tab or newline, so the body stays JSON."""
+    arrays: list[bytes] = []
+
+    def lift(m: re.Match[bytes]) -> bytes:
+        arrays.append(m.group(1))
+        return b'"values":%d' % (len(arrays) - 1)
+    try:
+        skeleton = strict_json(_VALUES.sub(lift, raw.translate(None, _WHITESPACE)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    for array_text in arrays:
+        if (len(array_text) < 3 or array_text.translate(None, _NUMBER_BYTES) != b"[]" or b",," in array_text
+                or array_text.startswith(b"[,") or array_text.endswith(b",]")):
+            return None
+    return skeleton, arrays
+
+
+def _float_body(plan: EmbeddingsPlan, answers: Sequence[Any]) -> bytes | None:
+    """The `float` answer spliced from Vertex's own number text; None where anything is not as expected (then
+    assemble() decides, and names the problem)."""
+    parts: list[bytes] = [b'{"object":"list","data":[']
+    tokens = 0
+    width = plan.dimensions
+    enc = None
+    for k, raw in enumerate(answers):
+        if not isinstance(raw, (bytes, bytearray)):
+            return None
+        lifted = _lifted_arrays(raw)
+        if lifted is None:
+            return None
+        skeleton, arrays = lifted
+        a, b = plan.spans[k]
+        preds = skeleton.get("predictions") if isinstance(skeleton, dict) else None
+        if not isinstance(preds, list) or len(preds) != b - a or len(arrays) != b - a:
+            return None
+        for j, pred in enumerate(preds):
+            emb = pred.get("embeddings") if isinstance(pred, dict) else None
+            ordinal = emb.get("values") if isinstance(emb, dict) else None
+            if type(ordinal) is not int or ordinal != j:  # each array is this prediction's own, in order
+                return None
+            n = arrays[j].count(b",") + 1
+            if width is None:
+                width = n
+            elif n != width:
+                return None
+            stats = emb.get("statistics")
+            count = stats.get("token_count") if isinstance(stats, dict) else None
+            if type(count) in (int, float) and 0 <= count < 1e15:
+                tokens += int(count)
+            else:
+                enc = enc or cl100k.encoding()
+                tokens += len(enc.encode_ordinary(plan.batches[k]["instances"][j]["content"]))
+            parts.append(b'%s{"object":"embedding","index":%d,"embedding":' % (b"," if a + j else b"", a + j))
+            parts.append(arrays[j])
+            parts.append(b"}")
+    parts.append(b'],"model":%s,"usage":{"prompt_tokens":%d,"total_tokens":%d}}'
+                 % (json.dumps(plan.requested).encode(), tokens, tokens))
+    return b"".join(parts)
+
+
+def assemble_bytes(plan: EmbeddingsPlan, answers: Sequence[Any]) -> bytes:
+    """assemble() as the response body (compact JSON). For `float`, Vertex's number arrays are copied as text
+    (whitespace removed; checked to be comma-separated number characters, not parsed); anything else — base64,
+    parsed answers, an answer the copy does not recognise — goes through assemble() (OpenAIError 502 for a bad
+    one)."""
+    if plan.encoding_format == "float":
+        body = _float_body(plan, answers)
+        if body is not None:
+            return body
+    return json.dumps(assemble(plan, answers), separators=(",", ":")).encode()
