@@ -7,8 +7,9 @@ For a 600-input request (the issue's batch): planning (parse + validate + count 
 tokenizing needed), 120-token strings (every text counted with cl100k_base) and LangChain-style token-id lists
 (decoded); then the answer for 768 and 3072 values per vector, as floats and as base64: assemble_bytes from Vertex's
 raw bodies to the client's body (float: the numbers copied as text; base64: parsed and packed), assemble from
-already parsed answers, and for scale what parsing Vertex's bodies and printing the answer dict cost with `json`. Median and best of --repeat runs, in microseconds. The tokenizer is loaded before timing (its one-off load
-is reported separately).
+already parsed answers, and for scale what parsing Vertex's bodies and printing the answer dict cost with `json`.
+Median and best of --repeat runs, in microseconds. The tokenizer is loaded before timing (its one-off load is
+reported separately).
 """
 
 from __future__ import annotations

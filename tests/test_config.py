@@ -172,3 +172,13 @@ def test_embedding_routing():
     assert (unlisted.vertex_model, unlisted.limits.max_dimensions) == ("gemini-embedding-002", None)
     assert strict.listed_embedding_models() == ["emb", "gemini-embedding-002"]
     assert strict.route("gpt-4o").vertex_model == "claude-sonnet-4-5@20250929"  # chat routing is untouched
+
+
+def test_readme_config_block_parses_and_shows_the_embeddings_defaults():
+    import re
+    from pathlib import Path
+
+    import yaml
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(vertex:.*?)```", text, re.S).group(1)
+    assert parse_config(yaml.safe_load(block)).embeddings == parse_config(BASE).embeddings

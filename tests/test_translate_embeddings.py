@@ -170,7 +170,8 @@ def test_langchain_token_id_input_decodes_to_its_texts(tiktoken_cache):
 
 def test_input_forms():
     one = plan_for(input="The food was delicious")
-    assert one.batches == [{"instances": [{"content": "The food was delicious"}], "parameters": {"autoTruncate": False}}]
+    assert one.batches == [{"instances": [{"content": "The food was delicious"}],
+                            "parameters": {"autoTruncate": False}}]
     assert (one.requested, one.vertex_model, one.encoding_format, one.count) == (
         "text-embedding-3-small", "gemini-embedding-001", "float", 1)
     ids = ENC.encode_ordinary("hello world")
