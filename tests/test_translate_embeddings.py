@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 from openapi import validate_embeddings, validate_error
 
 from modelmux import cl100k
@@ -528,3 +528,31 @@ def test_vertex_errors_in_a_batch():
                                                        b'"status": "INVALID_ARGUMENT"}}')
     assert invalid.status == 400 and "outputDimensionality" in invalid.message and "inputs" not in invalid.message
     assert batch_error(plan, 0, 503, b"upstream connect error").status == 503
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                    | st.text(max_size=20), lambda inner: st.lists(inner, max_size=5)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
+FIELD = JSON | st.lists(st.integers(-5, 100_300), max_size=20) | st.lists(
+    st.lists(st.integers(-5, 100_300), max_size=6), max_size=6) | st.lists(TEXT, max_size=6)
+
+
+@settings(PROPS, max_examples=150)
+@given(fields=st.fixed_dictionaries(
+    {"model": st.sampled_from(["text-embedding-3-small", "text-embedding-ada-002", "anything"]) | JSON,
+     "input": FIELD},
+    optional={"dimensions": st.sampled_from([8, 768, 3072, 5000]) | JSON,
+              "encoding_format": st.sampled_from(["float", "base64"]) | JSON, "user": JSON, "extra": JSON}),
+       truncate=st.booleans())
+def test_any_body_gives_a_plan_or_an_openai_error(fields, truncate):
+    try:
+        plan = embeddings_plan(json.dumps(fields).encode(), ROUTER.route_embedding, truncate=truncate)
+    except OpenAIError as err:
+        assert err.status in (400, 404)
+        validate_error(err.body())
+        event(f"{err.status} {err.param}")
+        return
+    event("planned")
+    assert sum(len(b["instances"]) for b in plan.batches) == plan.count >= 1
+    answer = assemble_bytes(plan, [json.dumps(vertex_answer(b)).encode() for b in plan.batches])
+    validate_embeddings(answer)
