@@ -501,6 +501,9 @@ def test_unexpected_answers_are_a_502():
     good = vertex_answer(plan.batches[0])
     assert "not JSON" in bad(plan, [b"<html>"]).message
     assert "not JSON" in bad(plan, [b'{"predictions": [NaN]}']).message
+    assert "not JSON" in bad(plan, [b"[" * 100_000]).message
+    with pytest.raises(OpenAIError):
+        assemble_bytes(plan_for(input="a"), [b'{"predictions": ' + b"[" * 100_000])
     assert "predictions" in bad(plan, [{"error": "x"}]).message
     assert "1 predictions for 2 inputs" in bad(plan, [{"predictions": good["predictions"][:1]}]).message
     for broken in ({"embeddings": {}}, {"embeddings": {"values": []}}, {"embeddings": {"values": "0.1"}}, 5,

@@ -324,7 +324,7 @@ def _predictions(plan: EmbeddingsPlan, k: int, answer: Any) -> list[Any]:
     if isinstance(answer, (bytes, bytearray, str)):
         try:
             answer = strict_json(answer)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _bad_answer(plan, k, "not JSON") from None
     preds = answer.get("predictions") if isinstance(answer, dict) else None
     if not isinstance(preds, list):
