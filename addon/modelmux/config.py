@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ANTHROPIC_VERSIONS = ("vertex-2023-10-16", "2026-10-21")
 
@@ -68,6 +68,94 @@ class AuthConfig(_Strict):
 class ModelsConfig(_Strict):
     default: str | None = "claude-sonnet-4-5@20250929"
     map: dict[str, str] = Field(default_factory=dict)
+
+
+# What Vertex AI documents for its text-embedding models: 250 texts and 20,000 tokens per request, 2,048 tokens per
+# text. gemini-embedding-001 took one text per request until 2025 (the Vertex doc said so) and takes 250 in reports
+# from 2026: if a project still sees the old limit, set `embeddings.limits.gemini-embedding-001.texts_per_request: 1`.
+_VERTEX_EMBEDDING_LIMITS = {"texts_per_request": 250, "tokens_per_request": 20_000, "tokens_per_text": 2048}
+BUILTIN_EMBEDDING_LIMITS: dict[str, dict[str, int]] = {
+    "gemini-embedding-001": {**_VERTEX_EMBEDDING_LIMITS, "native_dimensions": 3072},
+    "text-embedding-005": {**_VERTEX_EMBEDDING_LIMITS, "native_dimensions": 768},
+    "text-multilingual-embedding-002": {**_VERTEX_EMBEDDING_LIMITS, "native_dimensions": 768},
+}
+DEFAULT_EMBEDDING_MAP: dict[str, str] = {
+    "text-embedding-3-small": "gemini-embedding-001",
+    "text-embedding-3-large": "gemini-embedding-001",
+    "text-embedding-ada-002": "text-embedding-005",
+}
+
+
+class EmbeddingLimits(_Strict):
+    """One Vertex embedding model's limits. A model in no table gets these defaults (Vertex's documented general
+    limits) and no `dimensions` check beyond >= 1: Vertex itself rejects a size it does not support."""
+
+    texts_per_request: int = Field(default=250, ge=1, le=2048)  # instances in one :predict call
+    tokens_per_request: int = Field(default=20_000, ge=1)  # Vertex answers 400 above it
+    tokens_per_text: int = Field(default=2048, ge=1)  # longer: 400 unless `embeddings.truncate`
+    native_dimensions: int | None = Field(default=None, ge=1)  # the vector's size when `dimensions` is not given
+    min_dimensions: int = Field(default=1, ge=1)  # allowed `dimensions` (→ outputDimensionality) …
+    max_dimensions: int | None = Field(default=None, ge=1)  # … up to this; absent: native_dimensions
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_is_native(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_dimensions") is None and data.get("native_dimensions"):
+            data = {**data, "max_dimensions": data["native_dimensions"]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmbeddingLimits:
+        if self.max_dimensions is not None and self.max_dimensions < self.min_dimensions:
+            raise ValueError("max_dimensions must not be below min_dimensions")
+        if self.tokens_per_text > self.tokens_per_request:
+            raise ValueError("tokens_per_text must not exceed tokens_per_request")
+        return self
+
+
+class EmbeddingsConfig(_Strict):
+    """`POST /v1/embeddings` → Vertex AI `:predict` (docs/mapping.md, "Embeddings")."""
+
+    default: str | None = "gemini-embedding-001"  # for requested names not in map (null → 404 model_not_found)
+    map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EMBEDDING_MAP))  # given: replaces the built-in
+    truncate: bool = False  # true: Vertex cuts texts above tokens_per_text (autoTruncate) instead of a 400
+    max_concurrent_batches: int = Field(default=4, ge=1, le=32)  # :predict calls in flight for one request
+    # per Vertex model; an entry given here overrides the built-in one key by key
+    limits: dict[str, EmbeddingLimits] = Field(
+        default_factory=lambda: {name: EmbeddingLimits(**v) for name, v in BUILTIN_EMBEDDING_LIMITS.items()})
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _over_builtin(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {name: dict(v) for name, v in BUILTIN_EMBEDDING_LIMITS.items()}
+        for name, entry in value.items():
+            if isinstance(entry, dict) and isinstance(merged.get(name), dict):
+                merged[name] = {**merged[name], **entry}
+            else:
+                merged[name] = entry
+        return merged
+
+    @field_validator("default")
+    @classmethod
+    def _default_named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a model name or null")
+        return value
+
+    @field_validator("map")
+    @classmethod
+    def _map_named(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not k.strip() or not v.strip() for k, v in value.items()):
+            raise ValueError("model names must not be empty")
+        return value
+
+    def limits_for(self, vertex_model: str) -> EmbeddingLimits:
+        return self.limits.get(vertex_model) or _GENERIC_LIMITS
+
+
+_GENERIC_LIMITS = EmbeddingLimits()
 
 
 class InterceptConfig(_Strict):
@@ -185,6 +273,7 @@ class Config(_Strict):
     security: SecurityConfig = SecurityConfig()
     dump: DumpConfig = DumpConfig()
     streaming: StreamingConfig = StreamingConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
