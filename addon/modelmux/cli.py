@@ -196,6 +196,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         route = router.route(name)
         print(f"  model {name} → {route.vertex_model}  ({router.url(route, stream=False)})")
     print(f"  other models → {config.models.default or '404 model_not_found'}")
+    for name in config.embeddings.map:
+        route = router.route_embedding(name)
+        print(f"  embeddings {name} → {route.vertex_model}  ({router.embedding_url(route)})")
+    print(f"  other embedding models → {config.embeddings.default or '404 model_not_found'}")
     print(f"  intercepted hosts: {', '.join(config.intercept.hosts)}")
     return 0
 

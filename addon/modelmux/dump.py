@@ -30,6 +30,19 @@ def shorten_payloads(value: Any) -> Any:
     return value
 
 
+def shorten_vectors(value: Any) -> Any:
+    """Embedding vectors → their first numbers and a note of their length (a 3072-number vector per input would make
+    one dump line megabytes long); base64 vectors → a note of their size."""
+    if isinstance(value, dict):
+        return {k: (f"<{len(v)} base64 characters>" if k == "embedding" and isinstance(v, str) and len(v) > 64
+                    else shorten_vectors(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) > 16 and all(type(v) in (int, float) for v in value[:16]):
+            return [*value[:8], f"<{len(value)} numbers>"]
+        return [shorten_vectors(v) for v in value]
+    return value
+
+
 class DumpWriter:
     def __init__(self) -> None:
         self.path: Path | None = None

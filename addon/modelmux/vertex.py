@@ -103,7 +103,7 @@ class Router:
     def label(self, requested: str) -> str:
         """A model's metric label: its name when `models.map` configures it, else "other" — the names clients
         choose must not grow the set of series."""
-        return requested if requested in self._map else "other"
+        return requested if requested in self._map or requested in self._embedding_map else "other"
 
     def routable(self, model: str) -> bool:
         """Whether a chat request for `model` would be served (what `GET /v1/models/{model}` answers)."""

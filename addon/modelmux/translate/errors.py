@@ -39,8 +39,8 @@ def model_not_found(model: str) -> OpenAIError:
 
 
 def not_found_path(method: str, path: str) -> OpenAIError:
-    return OpenAIError(404, f"Invalid URL ({method} {path}): modelmux serves /v1/chat/completions and /v1/models.",
-                       "invalid_request_error", None, "unknown_url")
+    return OpenAIError(404, f"Invalid URL ({method} {path}): modelmux serves /v1/chat/completions, /v1/embeddings and "
+                            "/v1/models.", "invalid_request_error", None, "unknown_url")
 
 
 # --- modelmux's own failures on the way to Vertex (no usable upstream answer): the relay's, all here ---------
