@@ -231,3 +231,37 @@ def test_config_prices_override_the_table():
     t = TokenCounts(input=1_000_000, output=1_000_000)
     assert price_for(SONNET, cfg.budgets.prices)[1] == "config"
     assert cost(SONNET, t, region="us-east5", overrides=cfg.budgets.prices) == pytest.approx(3.0)  # as given
+
+
+# --- modelmux usage ---------------------------------------------------------------------------------------------------
+
+async def test_modelmux_usage_prints_the_store(tmp_path):
+    import json
+    import subprocess
+
+    from procs import VENV_BIN
+    confdir = tmp_path / "conf"
+    store = SQLiteStore(confdir / "modelmux-state.sqlite3")  # where the default state.url (null) puts it
+    dec1 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
+    await store.add_spend("team-a", SONNET, TokenCounts(1000, 200, 0, 5000), 0.0075, now=dec1)
+    await store.add_spend("team-a", SONNET, TokenCounts(1000, 200, 0, 5000), 0.0075, now=T0)
+    await store.add_spend("team-b", SONNET, TokenCounts(10, 20, 0, 0), 1.5, now=T0)
+    await store.close()
+    (tmp_path / "c.yaml").write_text("vertex: {project: p}\n")
+    base = [str(VENV_BIN / "modelmux"), "usage", "--config", str(tmp_path / "c.yaml"), "--confdir", str(confdir)]
+
+    def run(*extra):
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    text = run()
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["month", "key", "model"]
+    assert "team-a" in lines[1] and "2,000" in lines[1] and "0.015000" in lines[1]
+    assert lines[-1].split()[0] == "total" and lines[-1].endswith("1.515000")
+    rows = json.loads(run("--since", "2026-12-02", "--key", "team-a", "--json"))
+    assert [(r["key"], r["requests"], r["cache_read_tokens"], r["usd"]) for r in rows] == [("team-a", 1, 5000, 0.0075)]
+    assert run("--key", "nobody").strip() == "no usage recorded"
+    bad = subprocess.run([*base, "--since", "yesterday"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "not a date" in bad.stderr

@@ -301,6 +301,23 @@ async def test_bucket_arguments_are_checked(store):
         await store.take("x" * 300, 5, 1.0, 1, now=0.0)
 
 
+async def test_admit_checks_budget_then_buckets_in_order(store):
+    from modelmux.state import BucketSpec
+    specs = [BucketSpec("tpm:a", 100, 100 / 60, 1, consume=False), BucketSpec("rpm:a", 2, 2 / 60, 1)]
+    first = await store.admit(specs, spend_key="team-a", budget_usd=1.0, now=T0)
+    assert first.allowed and first.spent_usd == 0.0 and not first.over_budget
+    assert [b.remaining for b in first.buckets] == [100, 1]
+    await store.charge("tpm:a", 100, 100 / 60, 150, now=T0)  # an answer used 150 tokens
+    refused = await store.admit(specs, now=T0)
+    assert not refused.allowed and len(refused.buckets) == 1 and refused.spent_usd is None  # stopped at tpm
+    assert (await store.take("rpm:a", 2, 2 / 60, 0, now=T0)).tokens == pytest.approx(1.0)  # rpm untouched
+    await store.add_spend("team-a", "claude-x", TokenCounts(1), 1.0, now=T0)
+    over = await store.admit(specs, spend_key="team-a", budget_usd=1.0, now=T0 + 3600)
+    assert over.over_budget and over.spent_usd == pytest.approx(1.0) and over.buckets == []
+    assert (await store.take("tpm:a", 100, 100 / 60, 0, now=T0 + 3600)).tokens == pytest.approx(100)  # untouched
+    assert (await store.admit([], spend_key="team-a", now=T0)).spent_usd == pytest.approx(1.0)
+
+
 # --- (d) spend ---------------------------------------------------------------------------------------------------------
 
 async def test_spend_counters_month_and_usage(store):

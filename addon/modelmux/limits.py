@@ -1,7 +1,7 @@
 """Per-client rate limits and monthly budgets, decided against the shared state store (modelmux/state), so every
 process sharing `state.url` counts against the same numbers.
 
-Before the upstream call, `Limiter.check(client)`:
+Before the upstream call, `Limiter.check(client)`, in one atomic store call (`Store.admit`: one round trip):
 1. budget (`monthly_usd`, per client key): the key's spend this calendar month (UTC) ≥ its budget → 429
    `insufficient_quota` (with `x-should-retry: false`: waiting does not help);
 2. tokens (`tokens_per_minute`): a bucket of that many tokens refilling over a minute must not be in debt
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .pricing import cost, price_for
-from .state.base import Bucket, StateUnavailable, Store, TokenCounts
+from .state.base import Bucket, BucketSpec, StateUnavailable, Store, TokenCounts
 from .state.observe import RateLimitedLog
 from .translate.errors import OpenAIError
 
@@ -175,23 +175,25 @@ class Limiter:
             return Decision(True, degraded=True)
 
     async def _check(self, client: ClientLimits, now: float) -> Decision:
-        if client.monthly_usd is not None:
-            spent = await self.store.month_spend(client.spend_key, now=now)
-            if spent >= client.monthly_usd:
-                return Decision(False, error=insufficient_quota(client, spent, now))
+        specs, limits = [], []
+        if client.tokens_per_minute is not None:  # first: a refusal for tokens must not cost a request token
+            tpm = client.tokens_per_minute
+            specs.append(BucketSpec(f"tpm:{client.name}", tpm, tpm / 60.0, 1, consume=False))
+            limits.append(("tokens", tpm))
+        if client.requests_per_minute is not None:
+            rpm = client.requests_per_minute
+            specs.append(BucketSpec(f"rpm:{client.name}", rpm, rpm / 60.0, 1))
+            limits.append(("requests", rpm))
+        budget = client.monthly_usd
+        admission = await self.store.admit(specs, spend_key=client.spend_key if budget is not None else None,
+                                           budget_usd=budget, now=now)
+        if admission.over_budget:
+            return Decision(False, error=insufficient_quota(client, admission.spent_usd or 0.0, now))
         headers: dict[str, str] = {}
-        tpm = client.tokens_per_minute
-        if tpm is not None:
-            tokens = await self.store.take(f"tpm:{client.name}", tpm, tpm / 60.0, 1, now=now, consume=False)
-            headers.update(_bucket_headers("tokens", tpm, tokens))
-            if not tokens.allowed:
-                return Decision(False, headers, rate_limited(client, "tokens", tpm, tokens, 1, headers))
-        rpm = client.requests_per_minute
-        if rpm is not None:
-            requests = await self.store.take(f"rpm:{client.name}", rpm, rpm / 60.0, 1, now=now)
-            headers.update(_bucket_headers("requests", rpm, requests))
-            if not requests.allowed:
-                return Decision(False, headers, rate_limited(client, "requests", rpm, requests, 1, headers))
+        for (kind, limit), bucket in zip(limits, admission.buckets):
+            headers.update(_bucket_headers(kind, limit, bucket))
+            if not bucket.allowed:
+                return Decision(False, headers, rate_limited(client, kind, limit, bucket, 1, headers))
         return Decision(True, headers)
 
     async def settle(self, client: ClientLimits, model: str, tokens: TokenCounts, *,

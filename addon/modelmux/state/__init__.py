@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import (Bucket, Chain, InvalidArgument, ItemsPage, StateTooLarge, StateUnavailable, Store, StoredResponse,
+from .base import (Admission, Bucket, BucketSpec, Chain, InvalidArgument, ItemsPage, StateTooLarge, StateUnavailable, Store, StoredResponse,
                    StoreSettings, TokenCounts, UsageRow)
 from .observe import RateLimitedLog
 from .sqlite import FILE_NAME, SQLiteStore
 
-__all__ = ["Bucket", "Chain", "InvalidArgument", "ItemsPage", "RateLimitedLog", "StateTooLarge", "StateUnavailable",
+__all__ = ["Admission", "Bucket", "BucketSpec", "Chain", "InvalidArgument", "ItemsPage", "RateLimitedLog", "StateTooLarge", "StateUnavailable",
            "Store", "StoreSettings", "StoredResponse", "TokenCounts", "UsageRow", "open_store", "sqlite_path"]
 
 

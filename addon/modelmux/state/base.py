@@ -160,6 +160,35 @@ class Bucket:
         return 0.0 if self.allowed else self.seconds_until(self.cost)
 
 
+@dataclass(frozen=True)
+class BucketSpec:
+    """One bucket of an `admit` call; `consume=False` only checks that `cost` tokens are there."""
+
+    key: str
+    capacity: float
+    refill_per_second: float
+    cost: float = 1.0
+    consume: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "take" if self.consume else "check"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What `admit` found: the month's spend of the key (None when no budget was asked), whether it is over the
+    budget (then no bucket was touched), and the buckets in order up to and including the first refused one."""
+
+    spent_usd: float | None
+    over_budget: bool
+    buckets: list[Bucket]
+
+    @property
+    def allowed(self) -> bool:
+        return not self.over_budget and all(b.allowed for b in self.buckets)
+
+
 def refill(tokens: float | None, ts: float | None, capacity: float, rate: float, now: float) -> tuple[float, float]:
     """The bucket's tokens at `now` (a bucket never seen is full). A clock that went back (another replica's,
     slightly behind) refills nothing and keeps the later timestamp. The Lua script in redis_store.py is this
@@ -410,6 +439,20 @@ class Store:
         at = self.clock() if now is None else now
         return await self._guard("charge", lambda: self._bucket(key, capacity, refill_per_second, cost, at, "charge"))
 
+    async def admit(self, buckets: list[BucketSpec], *, spend_key: str | None = None,
+                    budget_usd: float | None = None, now: float | None = None) -> Admission:
+        """A request's whole limit check in one atomic step (one round trip): the month's spend of `spend_key`
+        against `budget_usd` first (over it: nothing else is touched), then each bucket in order as `take` would,
+        stopping at the first refused one (so a refusal by a later limit costs no token of an earlier one)."""
+        for b in buckets:
+            _check_key(b.key)
+            _check_bucket(b.capacity, b.refill_per_second, b.cost)
+        if spend_key is not None:
+            _check_key(spend_key)
+        at = self.clock() if now is None else now
+        budget = None if budget_usd is None else usd_to_nanos(budget_usd)
+        return await self._guard("admit", lambda: self._admit(buckets, spend_key, budget, at))
+
     # --- (d) spend counters ---------------------------------------------------------------------------------------
 
     async def add_spend(self, key: str, model: str, tokens: TokenCounts, usd: float, now: float | None = None,
@@ -467,6 +510,10 @@ class Store:
         raise NotImplementedError
 
     async def _bucket(self, key: str, capacity: float, rate: float, cost: float, now: float, mode: str) -> Bucket:
+        raise NotImplementedError
+
+    async def _admit(self, buckets: list[BucketSpec], spend_key: str | None, budget_nanos: int | None,
+                     now: float) -> Admission:
         raise NotImplementedError
 
     async def _add_spend(self, key: str, model: str, tokens: TokenCounts, nanos: int, requests: int,

@@ -1,7 +1,7 @@
 """The shared backend: one Redis (`redis://` or `rediss://`, with a password in the URL) for every modelmux process
 that names it, through the `redis` package's asyncio client.
 
-- Every key is under `modelmux:`. Each multi-step change is one Lua script (EVALSHA; the client reloads a script
+- Every key is under `modelmux:`. Each multi-step change is one Lua script (a request's whole limit check too) (EVALSHA; the client reloads a script
   Redis lost in a restart): a token bucket's refill-and-take is atomic, so two replicas can never both take the
   last token. Keys a script touches share one hash tag (`{resp}`, `{kv:NS}`, `{rl:KEY}`), as Redis Cluster would
   need; Cluster itself is not supported (scripts also touch keys they derive) — use one primary (managed Redis,
@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import (Bucket, Chain, StateTooLarge, Store, StoredResponse, TokenCounts, UsageRow, chain_from, day_of,
+from .base import (Admission, Bucket, BucketSpec, Chain, StateTooLarge, Store, StoredResponse, TokenCounts, UsageRow, chain_from, day_of,
                    month_of, owner_tag)
 
 P = "modelmux:"
@@ -123,28 +123,72 @@ return 1
 """
 
 # The twin of base.refill plus take / check / charge; numbers travel as strings (%.17g keeps a double exact).
-_BUCKET = """
-local capacity, rate, cost, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local mode = ARGV[5]
-local b = redis.call('HMGET', KEYS[1], 't', 's')
-local tokens, ts = tonumber(b[1]), tonumber(b[2])
-if tokens == nil or ts == nil then
-  tokens, ts = capacity, now
-elseif now > ts then
-  tokens, ts = tokens + (now - ts) * rate, now
+_BUCKET_FUNCTION = """
+local function bucket(key, capacity, rate, cost, now, mode, idle_ttl)
+  local b = redis.call('HMGET', key, 't', 's')
+  local tokens, ts = tonumber(b[1]), tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens, ts = capacity, now
+  elseif now > ts then
+    tokens, ts = tokens + (now - ts) * rate, now
+  end
+  if tokens > capacity then tokens = capacity end
+  local allowed = 0
+  if mode == 'charge' or tokens >= cost then allowed = 1 end
+  if mode == 'charge' or (mode == 'take' and allowed == 1) then tokens = tokens - cost end
+  redis.call('HSET', key, 't', string.format('%.17g', tokens), 's', string.format('%.17g', ts))
+  local ttl = idle_ttl
+  if rate > 0 then ttl = math.min(ttl, math.ceil((capacity - tokens) / rate * 1000) + 1000) end
+  redis.call('PEXPIRE', key, ttl)
+  return allowed, string.format('%.17g', tokens)
 end
-if tokens > capacity then tokens = capacity end
-local allowed = 0
-if mode == 'charge' or tokens >= cost then allowed = 1 end
-if mode == 'charge' or (mode == 'take' and allowed == 1) then tokens = tokens - cost end
-redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 's', string.format('%.17g', ts))
-local ttl = tonumber(ARGV[6])
-if rate > 0 then ttl = math.min(ttl, math.ceil((capacity - tokens) / rate * 1000) + 1000) end
-redis.call('PEXPIRE', KEYS[1], ttl)
-return {allowed, string.format('%.17g', tokens)}
+"""
+
+_BUCKET = _BUCKET_FUNCTION + """
+local allowed, tokens = bucket(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+                               ARGV[5], tonumber(ARGV[6]))
+return {allowed, tokens}
+"""
+
+# KEYS: the month's spend hash, then the buckets; ARGV: spend field ('' = none), budget in nanos ('' = none), now,
+# idle ttl, then capacity, rate, cost, mode per bucket. Out: spent, over budget (0/1), allowed and tokens per bucket.
+_ADMIT = _BUCKET_FUNCTION + """
+local spent = 0
+if ARGV[1] ~= '' then spent = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
+local out = {string.format('%.17g', spent)}
+if ARGV[2] ~= '' and spent >= tonumber(ARGV[2]) then
+  table.insert(out, 1)
+  return out
+end
+table.insert(out, 0)
+local now, idle_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 2, #KEYS do
+  local a = 4 + (i - 2) * 4
+  local allowed, tokens = bucket(KEYS[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), now,
+                                 ARGV[a + 4], idle_ttl)
+  table.insert(out, allowed)
+  table.insert(out, tokens)
+  if allowed == 0 then return out end
+end
+return out
 """
 
 _SPEND_FIELDS = ("r", "i", "o", "w", "c", "n")  # requests, input, output, cache write, cache read, nano-USD
+
+# KEYS: the day's hash, the month's hash, the index of days; ARGV: "KEY\tMODEL\t", the six counts, the key, the
+# retention in seconds, the day, its ordinal, the oldest ordinal kept.
+_SPEND = """
+local names = {'r', 'i', 'o', 'w', 'c', 'n'}
+for i = 1, 6 do
+  if ARGV[i + 1] ~= '0' then redis.call('HINCRBY', KEYS[1], ARGV[1] .. names[i], ARGV[i + 1]) end
+end
+redis.call('HINCRBY', KEYS[2], ARGV[8], ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+redis.call('ZADD', KEYS[3], ARGV[11], ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[12])
+return 1
+"""
 
 
 def _short(value: str) -> str:
@@ -184,6 +228,8 @@ class RedisStore(Store):
         self._chain_script = self._client.register_script(_CHAIN)
         self._kv_script = self._client.register_script(_KV_PUT)
         self._bucket_script = self._client.register_script(_BUCKET)
+        self._admit_script = self._client.register_script(_ADMIT)
+        self._spend_script = self._client.register_script(_SPEND)
 
     def describe(self) -> str:
         return f"redis {self._where}"
@@ -302,6 +348,19 @@ class RedisStore(Store):
                                              repr(float(now)), mode, BUCKET_IDLE_TTL_MS])
         return Bucket(bool(allowed), float(tokens), capacity, rate, cost)
 
+    async def _admit(self, buckets: list[BucketSpec], spend_key: str | None, budget_nanos: int | None,
+                     now: float) -> Admission:
+        keys = [f"{P}spend:m:{month_of(now)}", *(f"{P}{{rl:{b.key}}}" for b in buckets)]
+        args: list[Any] = [spend_key or "", "" if budget_nanos is None else budget_nanos, repr(float(now)),
+                           BUCKET_IDLE_TTL_MS]
+        for b in buckets:
+            args += [repr(float(b.capacity)), repr(float(b.refill_per_second)), repr(float(b.cost)), b.mode]
+        out = await self._admit_script(keys=keys, args=args)
+        spent = None if spend_key is None else float(out[0]) / 1e9
+        done = [Bucket(bool(out[2 + 2 * i]), float(out[3 + 2 * i]), b.capacity, b.refill_per_second, b.cost)
+                for i, b in enumerate(buckets) if 3 + 2 * i < len(out)]
+        return Admission(spent, bool(out[1]), done)
+
     # --- spend ------------------------------------------------------------------------------------------------------
 
     async def _add_spend(self, key: str, model: str, tokens: TokenCounts, nanos: int, requests: int,
@@ -312,16 +371,10 @@ class RedisStore(Store):
         retention = self.settings.spend_retention_days * 86400
         ordinal = dt.date.fromisoformat(day).toordinal()
         values = (requests, tokens.input, tokens.output, tokens.cache_write, tokens.cache_read, nanos)
-        async with self._client.pipeline(transaction=True) as pipe:  # MULTI … EXEC
-            for f, v in zip(_SPEND_FIELDS, values):
-                if v:
-                    pipe.hincrby(f"{P}spend:d:{day}", f"{key}\t{model}\t{f}", v)
-            pipe.hincrby(f"{P}spend:m:{month}", key, nanos)
-            pipe.expire(f"{P}spend:d:{day}", retention)
-            pipe.expire(f"{P}spend:m:{month}", retention)
-            pipe.zadd(f"{P}spend:days", {day: ordinal})
-            pipe.zremrangebyscore(f"{P}spend:days", "-inf", ordinal - self.settings.spend_retention_days)
-            await pipe.execute()
+        await self._spend_script(
+            keys=[f"{P}spend:d:{day}", f"{P}spend:m:{month}", f"{P}spend:days"],
+            args=[f"{key}\t{model}\t", *(str(int(v)) for v in values), key, retention, day, ordinal,
+                  ordinal - self.settings.spend_retention_days])
 
     async def _month_spend(self, key: str, month: str) -> int:
         value = await self._client.hget(f"{P}spend:m:{month}", key)

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .base import (Bucket, Chain, StateTooLarge, StateUnavailable, Store, StoredResponse, TokenCounts, UsageRow,
-                   chain_from, day_of, owner_tag, refill)
+from .base import (Admission, Bucket, BucketSpec, Chain, StateTooLarge, StateUnavailable, Store, StoredResponse, TokenCounts, UsageRow,
+                   chain_from, day_of, month_of, owner_tag, refill)
 
 SCHEMA_VERSION = 1
 FILE_NAME = "modelmux-state.sqlite3"  # in the confdir when `state.url` is null
@@ -324,20 +324,49 @@ class SQLiteStore(Store):
 
     # --- buckets -------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, key: str, capacity: float, rate: float, cost: float, now: float,
+               mode: str) -> Bucket:
+        """One bucket operation, inside the caller's write transaction."""
+        row = conn.execute("SELECT tokens, ts FROM buckets WHERE key = ?", (key,)).fetchone()
+        tokens, ts = refill(row[0] if row else None, row[1] if row else None, capacity, rate, now)
+        allowed = mode == "charge" or tokens >= cost
+        if mode == "charge" or (mode == "take" and allowed):
+            tokens -= cost
+        full_at = ts + (capacity - tokens) / rate if rate > 0 else FULL_NEVER
+        conn.execute("INSERT OR REPLACE INTO buckets (key, tokens, ts, full_at) VALUES (?, ?, ?, ?)",
+                     (key, tokens, ts, min(full_at, FULL_NEVER)))
+        return Bucket(allowed, tokens, capacity, rate, cost)
+
     async def _bucket(self, key: str, capacity: float, rate: float, cost: float, now: float, mode: str) -> Bucket:
         def bucket(conn: sqlite3.Connection) -> Bucket:
             with _write(conn):
-                row = conn.execute("SELECT tokens, ts FROM buckets WHERE key = ?", (key,)).fetchone()
-                tokens, ts = refill(row[0] if row else None, row[1] if row else None, capacity, rate, now)
-                allowed = mode == "charge" or tokens >= cost
-                if mode == "charge" or (mode == "take" and allowed):
-                    tokens -= cost
-                full_at = ts + (capacity - tokens) / rate if rate > 0 else FULL_NEVER
-                conn.execute("INSERT OR REPLACE INTO buckets (key, tokens, ts, full_at) VALUES (?, ?, ?, ?)",
-                             (key, tokens, ts, min(full_at, FULL_NEVER)))
+                result = self._apply(conn, key, capacity, rate, cost, now, mode)
             self._maintain(conn, now)
-            return Bucket(allowed, tokens, capacity, rate, cost)
+            return result
         return await self._run(bucket)
+
+    async def _admit(self, buckets: list[BucketSpec], spend_key: str | None, budget_nanos: int | None,
+                     now: float) -> Admission:
+        month = month_of(now)
+
+        def admit(conn: sqlite3.Connection) -> Admission:
+            spent = None
+            done: list[Bucket] = []
+            with _write(conn):
+                if spend_key is not None:
+                    spent = conn.execute(
+                        "SELECT COALESCE(SUM(nanos), 0) FROM spend WHERE key = ? AND day BETWEEN ? AND ?",
+                        (spend_key, f"{month}-01", f"{month}-31")).fetchone()[0]
+                    if budget_nanos is not None and spent >= budget_nanos:
+                        return Admission(spent / 1e9, True, [])
+                for b in buckets:
+                    done.append(self._apply(conn, b.key, b.capacity, b.refill_per_second, b.cost, now, b.mode))
+                    if not done[-1].allowed:
+                        break
+            self._maintain(conn, now)
+            return Admission(None if spent is None else spent / 1e9, False, done)
+        return await self._run(admit)
 
     # --- spend -----------------------------------------------------------------------------------------------------
 
