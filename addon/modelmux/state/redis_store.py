@@ -111,7 +111,7 @@ end
 
 _KV_PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3] + ARGV[2], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
 if excess > 0 then
@@ -338,7 +338,8 @@ class RedisStore(Store):
         member = _short(key)
         data = f"{_ms(now + ttl)} " + json.dumps(value, separators=(",", ":"), ensure_ascii=False)
         await self._kv_script(keys=[prefix + "k:" + member, prefix + "idx"],
-                              args=[data, max(1, _ms(ttl)), _ms(now), max_entries, prefix + "k:", member])
+                              args=[data, max(1, _ms(ttl)), _ms(now), max_entries, prefix + "k:", member,
+                                    _ms(now + ttl)])
 
     # --- buckets -------------------------------------------------------------------------------------------------
 
