@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import multiprocessing
 import os
 import sqlite3
@@ -251,6 +252,30 @@ async def test_shared_thinking_cache(store):
     assert await cache.get("toolu_1") == [{"type": "thinking", "signature": "s"}]
     assert not await cache.put("toolu_big", [{"type": "thinking", "thinking": "x" * 500}])
     assert await cache.get_many(["toolu_1", "toolu_big"]) == {"toolu_1": [{"type": "thinking", "signature": "s"}]}
+    assert cache.put_soon("toolu_2", [{"type": "thinking", "signature": "t"}])  # from synchronous code
+    await cache.drain()
+    assert await cache.get("toolu_2") == [{"type": "thinking", "signature": "t"}]
+
+
+def test_tool_call_ids_are_the_keys_thinking_is_kept_under():
+    from modelmux.state.thinking import tool_call_ids
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [{"id": "toolu_a", "type": "function"}, {"id": "toolu_b"}]},
+                {"role": "tool", "tool_call_id": "toolu_a", "content": "1"},
+                {"role": "assistant", "content": "no tools"},
+                {"role": "assistant", "tool_calls": [{"id": "toolu_c"}]}]
+    assert tool_call_ids(messages) == ["toolu_a", "toolu_c"]
+
+
+async def test_thinking_write_failures_are_logged_not_raised(tmp_path, caplog):
+    from modelmux.state.thinking import SharedThinkingCache
+    (tmp_path / "file").write_text("")
+    cache = SharedThinkingCache(SQLiteStore(tmp_path / "file" / "s.sqlite3"))
+    with caplog.at_level(logging.WARNING, "modelmux.state"):
+        assert cache.put_soon("toolu_1", [{"type": "thinking"}])
+        await cache.drain()
+    assert any("thinking for a tool loop not kept" in r.getMessage() for r in caplog.records)
+    await cache.store.close()
 
 
 # --- (c) buckets ---------------------------------------------------------------------------------------------------------
@@ -395,10 +420,13 @@ def test_default_location_is_the_confdir(tmp_path):
 
 
 async def test_sqlite_file_mode_wal_and_schema(tmp_path, clock):
-    os.umask(0o022)
     path = tmp_path / "sub" / "state.sqlite3"
     store = SQLiteStore(path, clock=clock)
-    await store.put_response(response("r1"))
+    old_umask = os.umask(0o022)  # a permissive umask: the store's own modes must win
+    try:
+        await store.put_response(response("r1"))
+    finally:
+        os.umask(old_umask)
     await store.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -592,7 +620,7 @@ async def test_state_unavailable_is_quick_for_a_closed_port(clock):
     await store.close()
 
 
-def test_async_helpers_are_cancellation_safe():
+def test_sqlite_call_cancelled_by_its_caller_leaves_the_worker_usable():
     """A caller's cancellation (client gone) must not wedge the SQLite worker: the next call still works."""
     async def main(path):
         store = SQLiteStore(path)
