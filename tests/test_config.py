@@ -182,3 +182,75 @@ def test_readme_config_block_parses_and_shows_the_embeddings_defaults():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     block = re.search(r"```yaml\n(vertex:.*?)```", text, re.S).group(1)
     assert parse_config(yaml.safe_load(block)).embeddings == parse_config(BASE).embeddings
+def test_state_limits_budgets_contract_keys_and_defaults():
+    cfg = parse_config(BASE)
+    assert (cfg.state.url, cfg.state.fail_closed) == (None, False)
+    assert (cfg.state.connect_timeout_seconds, cfg.state.timeout_seconds) == (0.5, 0.5)
+    assert (cfg.state.response_ttl_days, cfg.state.response_max_count, cfg.state.response_max_mb) == (30, 100_000, 512)
+    assert (cfg.limits.requests_per_minute, cfg.limits.tokens_per_minute) == (None, None)
+    assert (cfg.budgets.monthly_usd, cfg.budgets.prices) == (None, {})
+    cfg = parse_config({**BASE, "state": {"url": "rediss://:${PW}@redis.internal:6380/2", "fail_closed": True},
+                        "limits": {"requests_per_minute": 60, "tokens_per_minute": 100000},
+                        "budgets": {"monthly_usd": 250.5,
+                                    "prices": {"claude-x": {"input": 1, "output": 2, "cache_write": 1.25,
+                                                            "cache_read": 0.1}}}},
+                       {"PW": "hunter2"})
+    assert cfg.state.url == "rediss://:hunter2@redis.internal:6380/2" and cfg.state.fail_closed
+    assert "hunter2" not in repr(cfg.state)
+    assert cfg.limits.requests_per_minute == 60 and cfg.budgets.monthly_usd == 250.5
+    assert cfg.budgets.prices["claude-x"].cache_write == 1.25
+    for url in ("sqlite:///var/lib/modelmux/state.sqlite3", "redis://127.0.0.1:6379/0", "redis://localhost",
+                "redis://user:pw@h:1/15", "sqlite://rel.db"):
+        assert parse_config({**BASE, "state": {"url": url}}).state.url == url
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"state": {"url": "postgres://x"}}, "state.url"),
+    ({"state": {"url": "redis://:pw@/0"}}, "needs a host"),
+    ({"state": {"url": "redis://h:99999/0"}}, "state.url"),
+    ({"state": {"url": "redis://h:1/zero"}}, "database must be a number"),
+    ({"state": {"url": "sqlite://"}}, "file path"),
+    ({"state": {"timeout_seconds": 0}}, "state.timeout_seconds"),
+    ({"state": {"ttl": 3}}, "state.ttl: unknown key"),
+    ({"limits": {"requests_per_minute": 0}}, "limits.requests_per_minute"),
+    ({"limits": {"rpm": 5}}, "limits.rpm: unknown key"),
+    ({"budgets": {"monthly_usd": -1}}, "budgets.monthly_usd"),
+    ({"budgets": {"prices": {"m": {"input": 1}}}}, "budgets.prices.m.output"),
+    ({"security": {"client_keys": [{"key": "k", "nmae": "x"}]}}, "client_keys.0.nmae: unknown key"),
+    ({"security": {"client_keys": ["a", {"name": "team"}]}}, "client_keys.1.key"),
+    ({"security": {"client_keys": [{"key": "k", "name": "has space"}]}}, "client_keys.0.name"),
+    ({"security": {"client_keys": [{"key": "k", "requests_per_minute": 0}]}}, "client_keys.0.requests_per_minute"),
+    ({"security": {"client_keys": [{"key": "a", "name": "t"}, {"key": "b", "name": "t"}]}}, "the same name"),
+    ({"security": {"client_keys": ["a", {"key": "a", "name": "x"}]}}, "the same key"),
+    ({"security": {"client_keys": [" "]}}, "must not be empty"),
+    ({"security": {"client_keys": [3]}}, "client_keys.0"),
+    ({"security": {"client_keys": "one-key"}}, "must be a list"),
+])
+def test_invalid_state_and_client_keys_name_the_key(data, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, **data})
+    assert fragment in str(err.value)
+
+
+def test_client_keys_as_strings_or_objects():
+    cfg = parse_config({**BASE, "security": {"client_keys": [
+        "plain-secret", {"key": "${TEAM_A_KEY}", "name": "team-a", "requests_per_minute": 5, "monthly_usd": None}]}},
+        {"TEAM_A_KEY": "sk-team-a"})
+    # the plain list other code (client_auth) compares with, whichever way each key was written
+    assert cfg.security.client_keys == ("plain-secret", "sk-team-a")
+    plain, team_a = cfg.security.clients
+    assert team_a.name == "team-a" and team_a.requests_per_minute == 5
+    assert team_a.limit("requests_per_minute", 60) == 5
+    assert team_a.limit("tokens_per_minute", 1000) == 1000  # not written: the default
+    assert team_a.limit("monthly_usd", 10.0) is None  # written as null: no budget for this key
+    assert plain.name.startswith("key-") and "plain" not in plain.name  # a short hash, never the key
+    assert "plain-secret" not in repr(cfg) and "sk-team-a" not in repr(cfg)
+    assert cfg.security.client_for("sk-team-a") is team_a
+    assert cfg.security.client_for("sk-other") is None
+    assert parse_config(BASE).security.clients == ()
+    assert parse_config({**BASE, "security": {"client_keys": ["x"]}}).security.clients[0].name == plain_name("x")
+
+
+def plain_name(key):
+    from modelmux.config import key_name
+    return key_name(key)

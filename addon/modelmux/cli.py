@@ -228,6 +228,12 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from .state import usage
+
+    return usage.run(args.config, Path(os.path.expanduser(args.confdir)), args.since, args.key, args.json)
+
+
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from . import emulator
 
@@ -265,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the files (default: the checkout's certs/ folder)")
     p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"mitmproxy's confdir with the CA ({DEFAULT_CONFDIR})")
     p.add_argument("--port", type=int, default=8080, help="the proxy port to show in the examples")
+    p = sub.add_parser("usage", help="spend and tokens per month, client key and model, from the state store")
+    p.add_argument("--config", "-c", default="modelmux.yaml", help="configuration file (default: modelmux.yaml)")
+    p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"where the embedded store lives ({DEFAULT_CONFDIR})")
+    p.add_argument("--since", metavar="DATE", help="count from this day on (YYYY-MM-DD, or YYYY-MM)")
+    p.add_argument("--key", metavar="NAME", help="only this client key (its name in security.client_keys)")
+    p.add_argument("--json", action="store_true", help="the rows as JSON")
     p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
                        description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
                                    "endpoint, for testing apps offline.")
@@ -278,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "doctor": _cmd_doctor, "pairs": _cmd_pairs,
-            "certs": _cmd_certs, "emulator": _cmd_emulator, "demo": _cmd_demo}
+            "certs": _cmd_certs, "emulator": _cmd_emulator, "demo": _cmd_demo, "usage": _cmd_usage}
 
 
 def main(argv: list[str] | None = None) -> int:

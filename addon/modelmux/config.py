@@ -6,13 +6,16 @@ The key names are a contract (users' files and other tools depend on them): `ver
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ANTHROPIC_VERSIONS = ("vertex-2023-10-16", "2026-10-21")
 
@@ -200,14 +203,172 @@ class TimeoutsConfig(_Strict):
     # no total limit: a long answer streams as long as it keeps moving
 
 
-class SecurityConfig(_Strict):
-    client_keys: tuple[str, ...] = Field(default=(), repr=False)  # accepted `Authorization: Bearer` keys; empty: any
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # it names Redis keys and metric labels
 
-    @field_validator("client_keys")
+
+def key_name(key: str) -> str:
+    """The name a client key without one is known by in logs, metrics and the store: a short hash, never the key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+class ClientKey(_Strict):
+    """One entry of `security.client_keys`: a plain string is `{key: STRING}`. A limit left out takes the default
+    from `limits` / `budgets`; an explicit `null` means no limit for this key."""
+
+    key: str = Field(repr=False)
+    name: str
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    monthly_usd: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
     @classmethod
-    def _no_blank(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not k.strip() for k in value):
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("name") is None and isinstance(data.get("key"), str):
+            data = {**data, "name": key_name(data["key"])}
+        return data
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.strip():
             raise ValueError("a client key must not be empty")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CLIENT_NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    def limit(self, field: str, default: Any) -> Any:
+        """This key's value for a limit: its own when written in the entry (even `null`), else the default."""
+        return getattr(self, field) if field in self.model_fields_set else default
+
+
+def _entry_errors(index: int, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in (f"client_keys.{index}", *e["loc"]))
+        parts.append(f"{where}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
+    return "; ".join(parts)
+
+
+class SecurityConfig(_Strict):
+    # the accepted `Authorization: Bearer` keys as plain strings (empty: any client is served), whichever form
+    # each entry was written in; `clients` has the full entries (name, limits)
+    client_keys: tuple[str, ...] = Field(default=(), repr=False)
+    _clients: tuple[ClientKey, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _entries(cls, data: Any, handler: Any) -> SecurityConfig:
+        entries: list[ClientKey] = []
+        if isinstance(data, dict) and data.get("client_keys") is not None:
+            raw = data["client_keys"]
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError("client_keys: must be a list of keys (strings or {key, name, ...})")
+            for i, entry in enumerate(raw):
+                if isinstance(entry, ClientKey):
+                    entries.append(entry)
+                    continue
+                if isinstance(entry, str):
+                    entry = {"key": entry}
+                if not isinstance(entry, dict):
+                    raise ValueError(f"client_keys.{i}: must be a key (a string) or {{key, name, ...}}")
+                try:
+                    entries.append(ClientKey.model_validate(entry))
+                except ValidationError as err:
+                    raise ValueError(_entry_errors(i, err)) from None
+            for what in ("key", "name"):
+                values = [getattr(e, what) for e in entries]
+                dup = next((i for i, v in enumerate(values) if v in values[:i]), None)
+                if dup is not None:
+                    raise ValueError(f"client_keys.{dup}: the same {what} as an earlier entry")
+            data = {**data, "client_keys": [e.key for e in entries]}
+        inst = handler(data)
+        inst._clients = tuple(entries)
+        return inst
+
+    @property
+    def clients(self) -> tuple[ClientKey, ...]:
+        return self._clients
+
+    def client_for(self, presented: str) -> ClientKey | None:
+        """The entry whose key the client presented (compared in constant time with every key), else None."""
+        found = None
+        given = presented.encode()
+        for entry in self._clients:
+            if hmac.compare_digest(given, entry.key.encode()):
+                found = entry
+        return found
+
+
+class LimitsConfig(_Strict):
+    """Defaults for every client key (`security.client_keys` entries override them), else per client address;
+    enforced across every process sharing `state.url` (limits.py)."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)  # input + output tokens, counted from each answer
+
+
+class PriceConfig(_Strict):
+    """USD per million tokens (pricing.py)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(ge=0)  # 5-minute cache writes
+    cache_read: float = Field(ge=0)
+
+
+class BudgetsConfig(_Strict):
+    monthly_usd: float | None = Field(default=None, ge=0)  # per client key, per calendar month (UTC)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)  # Vertex model id → its price, over pricing.py's
+
+
+STATE_SCHEMES = ("sqlite", "redis", "rediss")
+
+
+class StateConfig(_Strict):
+    """Where state that outlives a request lives (modelmux/state): null → an SQLite file in the confdir;
+    "sqlite:///PATH" → that file (relative paths: in the confdir); "redis://[:PASSWORD@]HOST[:PORT][/DB]" or
+    "rediss://…" (TLS) → shared by every modelmux process that names it."""
+
+    url: str | None = Field(default=None, repr=False)  # may carry a password
+    fail_closed: bool = False  # state unreachable: refuse (503) instead of serving without limits and budgets
+    connect_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    timeout_seconds: float = Field(default=0.5, gt=0, le=30)  # one operation, reply included
+    retry_seconds: float = Field(default=1.0, ge=0, le=60)  # after a failure, calls fail at once for this long
+    max_connections: int = Field(default=32, ge=1, le=1024)  # Redis connections per process
+    response_ttl_days: float = Field(default=30.0, gt=0)  # stored responses expire (OpenAI: 30 days)
+    response_max_count: int = Field(default=100_000, ge=1)  # oldest evicted first past either bound
+    response_max_mb: float = Field(default=512.0, gt=0)
+    thinking_ttl_hours: float = Field(default=24.0, gt=0)  # thinking signatures kept for tool loops
+    thinking_max_entries: int = Field(default=100_000, ge=1)
+    spend_retention_days: int = Field(default=400, ge=31)  # daily spend counters kept this long
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in STATE_SCHEMES:
+            raise ValueError("must be sqlite:///PATH, redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+        if scheme == "sqlite":
+            if not value[len("sqlite://"):].strip():
+                raise ValueError("sqlite:// needs a file path, e.g. sqlite:///var/lib/modelmux/state.sqlite3")
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            raise ValueError("not a valid redis URL (redis://[:PASSWORD@]HOST[:PORT][/DB])") from None
+        if not parts.hostname:
+            raise ValueError("a redis URL needs a host: redis://HOST:PORT/DB")
+        if parts.path not in ("", "/") and not parts.path.lstrip("/").isdigit():
+            raise ValueError("the redis database must be a number: redis://HOST:PORT/0")
         return value
 
 
@@ -274,6 +435,9 @@ class Config(_Strict):
     dump: DumpConfig = DumpConfig()
     streaming: StreamingConfig = StreamingConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    state: StateConfig = StateConfig()
+    limits: LimitsConfig = LimitsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
