@@ -30,7 +30,7 @@ import jsonschema
 import pytest
 from google.oauth2 import service_account
 
-from modelmux import emulator as emu_module
+from modelmux.emulator import credentials, errors, handlers, model, schema_values, server
 from modelmux.auth import HttpxRequest
 
 ADDON_DIR = Path(__file__).resolve().parents[1] / "addon"
@@ -133,11 +133,11 @@ def _assertion(info: dict, **claims: Any) -> str:
 
 
 def _jwt_grant(client: httpx.Client, assertion: str) -> httpx.Response:
-    return client.post("/token", data={"grant_type": emu_module.JWT_BEARER_GRANT, "assertion": assertion})
+    return client.post("/token", data={"grant_type": credentials.JWT_BEARER_GRANT, "assertion": assertion})
 
 
 def _other_key_info(info: dict) -> dict:
-    fresh = emu_module.new_service_account("elsewhere", info["token_uri"])
+    fresh = credentials.new_service_account("elsewhere", info["token_uri"])
     return {**info, "private_key": fresh["private_key"]}
 
 
@@ -234,7 +234,7 @@ def test_expired_token_is_rejected(client, emu):
 
 # --- auth and routing on the model endpoints -----------------------------------------------------------------
 
-GOOGLE_401 = {"error": {"code": 401, "message": emu_module.UNAUTHENTICATED_MESSAGE, "status": "UNAUTHENTICATED"}}
+GOOGLE_401 = {"error": {"code": 401, "message": errors.UNAUTHENTICATED_MESSAGE, "status": "UNAUTHENTICATED"}}
 
 
 @pytest.mark.parametrize("bearer", [None, "ya29.forged", ""])
@@ -390,7 +390,7 @@ def test_valid_bodies_are_accepted(client, emu, token, payload):
 
 
 def test_oversized_request_is_413(client, emu, token):
-    huge = body(messages=[_user("x" * emu_module.MAX_BODY_BYTES)])
+    huge = body(messages=[_user("x" * handlers.MAX_BODY_BYTES)])
     resp = call(client, emu, huge, token)
     assert resp.status_code == 413
     assert resp.json()["error"]["type"] == "request_too_large"
@@ -607,7 +607,7 @@ def _deltas(events: list[tuple[str, dict]], kind: str) -> list[dict]:
 ], ids=["every property", "enum const", "bounds", "arrays", "refs", "anyOf oneOf allOf", "no properties",
         "type list and format", "required only", "draft 4", "recursive"])
 def test_value_for_schema(schema, expected):
-    value = emu_module.value_for_schema(schema, schema)
+    value = schema_values.value_for_schema(schema, schema)
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     validator(schema, format_checker=validator.FORMAT_CHECKER).validate(value)
     if expected is not None:
@@ -616,7 +616,7 @@ def test_value_for_schema(schema, expected):
 
 def test_generate_is_pure():
     payload = body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[_user("weather and search")])
-    once, twice = (emu_module.generate(payload, b"secret", "msg_vrtx_fixed") for _ in range(2))
+    once, twice = (model.generate(payload, b"secret", "msg_vrtx_fixed") for _ in range(2))
     assert once == twice
     assert once.blocks[2].final["id"] != once.blocks[3].final["id"]
 
@@ -779,10 +779,10 @@ def test_prompt_cache_creation_then_read(client, emu, token):
 
 
 def test_prompt_cache_is_bounded():
-    cache = emu_module.PromptCache(size=2)
-    assert [cache.use((key, 5)) for key in "abca"] == [emu_module.CacheUse(created=5)] * 4  # a was forgotten
-    assert cache.use(("a", 5)) == emu_module.CacheUse(read=5)
-    assert cache.use(None) == emu_module.CacheUse()
+    cache = model.PromptCache(size=2)
+    assert [cache.use((key, 5)) for key in "abca"] == [model.CacheUse(created=5)] * 4  # a was forgotten
+    assert cache.use(("a", 5)) == model.CacheUse(read=5)
+    assert cache.use(None) == model.CacheUse()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
@@ -801,8 +801,8 @@ def test_refusal_pause_and_unicode_triggers(client, emu, token, stream):
 
 
 def test_streamed_frames_are_split_inside_a_character():
-    assert emu_module._split_inside_character("data: é!".encode()) == [b"data: \xc3", b"\xa9!"]
-    assert emu_module._split_inside_character(b"data: plain") == [b"data: plain"]
+    assert handlers.split_inside_character("data: é!".encode()) == [b"data: \xc3", b"\xa9!"]
+    assert handlers.split_inside_character(b"data: plain") == [b"data: plain"]
 
 
 def test_vertex_event_trigger(client, emu, token):
@@ -876,16 +876,19 @@ def test_request_log_redacts_token(client, emu, token):
 
 
 def test_settings_endpoint(client):
-    assert client.get("/_emulator/settings").json() == {"pace_ms": 0, "token_ttl": 3600}
-    assert client.post("/_emulator/settings", json={"pace_ms": -1}).status_code == 400
-    assert client.post("/_emulator/settings", json={"speed": 1}).status_code == 400
+    assert client.get("/_emulator/settings").json() == {"pace_ms": 0, "token_ttl": 3600,
+                                                        "gemini_embedding_instances": 250}
+    for bad in ({"pace_ms": -1}, {"speed": 1}, {"gemini_embedding_instances": 0},
+                {"gemini_embedding_instances": 251}, {"gemini_embedding_instances": True}):
+        assert client.post("/_emulator/settings", json=bad).status_code == 400, bad
+    assert client.get("/_emulator/settings").json()["gemini_embedding_instances"] == 250
 
 
 # --- process -------------------------------------------------------------------------------------------------
 
 def test_in_process_start_and_stop():
     async def scenario() -> tuple[int, str]:
-        running = await emu_module.start(accept_tokens=[STATIC_TOKEN])
+        running = await server.start(accept_tokens=[STATIC_TOKEN])
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
                 resp = await c.post(
@@ -901,7 +904,7 @@ def test_in_process_start_and_stop():
 
 
 def test_trusted_key_and_clean_sigterm(tmp_path):
-    own = emu_module.new_service_account("trusted-project", "http://unused/token")
+    own = credentials.new_service_account("trusted-project", "http://unused/token")
     trusted = tmp_path / "trusted.json"
     trusted.write_text(json.dumps(own))
     running = _launch(tmp_path, "--trust", str(trusted))

@@ -225,9 +225,9 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
-    from . import emulator
+    from .emulator import cli as emulator_cli
 
-    return emulator.run(args)
+    return emulator_cli.run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -261,12 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the files (default: the checkout's certs/ folder)")
     p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"mitmproxy's confdir with the CA ({DEFAULT_CONFDIR})")
     p.add_argument("--port", type=int, default=8080, help="the proxy port to show in the examples")
-    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
-                       description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
-                                   "endpoint, for testing apps offline.")
-    from . import emulator
+    from .emulator import cli as emulator_cli  # the argument definitions only: the server loads on `emulator`
 
-    emulator.add_arguments(p)
+    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude, embeddings, OAuth token endpoint)",
+                       description=emulator_cli.DESCRIPTION)
+    emulator_cli.add_arguments(p)
     p = sub.add_parser("demo", help="run the emulator and the proxy, send requests with the openai SDK, show the "
                                     "translation (no credentials needed)")
     p.add_argument("--pace-ms", type=float, default=60.0, help="emulator delay between streamed events (ms)")
