@@ -1,7 +1,7 @@
 """The fake Claude model: deterministic answers, cut to max_tokens and stop sequences, as a JSON message or as
 Anthropic's SSE events; input-token counting and a prompt cache for `usage`.
 
-What it answers (the switches that change it: triggers.py):
+What it answers (the switches a test writes to change it: triggers.Triggers):
 
 - "You said: " plus the last user turn's text, one output token per whitespace-separated word.
 - Tool calls, when the request has tools and tool_choice is not `none`:

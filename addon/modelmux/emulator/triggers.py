@@ -1,31 +1,5 @@
 """Switches a test writes into the last user turn, so that it can drive the fake model through an unmodified
-client (the model's answers themselves: model.py).
-
-In the last user turn's text, its tool results included:
-
-- `[[refusal]]`: a refusal ("I can't help with that.", stop_reason `refusal`).
-- `[[pause]]`: stop_reason `pause_turn`, and no tool calls (it wins over everything below that calls a tool).
-- `[[unicode]]`: UNICODE_SAMPLE (multi-byte text) appended to the answer's text.
-- `[[vertex-event]]`: a `vertex_event` SSE event among the deltas (Vertex's own; clients must skip it).
-- `[[cut]]`: the stream ends after two deltas, without message_stop (a JSON answer is unaffected).
-- `[[stream-error:overloaded]]`, `[[stream-error:api]]`: an `error` event after two deltas; on rawPredict the
-  matching HTTP error (529 overloaded_error, 500 api_error).
-- `[[status:N]]`, 400 ≤ N ≤ 599: that Google error instead of an answer (a 429 comes wrapped in an array and
-  without retry-after, as Vertex's do). Token counting and embeddings obey it too (in any instance's content).
-
-In the last user turn's own text blocks only — not in its tool results, so that a tool echoing the trigger does
-not repeat the call, and a loop ends: the turn after the tool results carries no trigger, and the model answers
-"Tool results: …":
-
-- `[[call:NAME]]`: call tool NAME, with an input made from its input_schema.
-- `[[call:NAME {JSON}]]`: call tool NAME with exactly this input, a JSON object (Vertex does not validate it
-  against the schema, and neither does the emulator), e.g. `[[call:shell {"command": ["echo", "hi"]}]]`.
-  Whitespace may surround the JSON; inside it, `]]` needs no escaping (the JSON is parsed, not scanned).
-  Several triggers: parallel calls, in order. NAME must be one of the request's tools, the call must be allowed
-  by tool_choice (not `none`, not another tool than `tool` names, one call under disable_parallel_tool_use);
-  otherwise, and for malformed JSON, the request is a 400 `invalid_request_error` whose message starts with
-  "emulator trigger" — a mistake in the test, never a silent fallback.
-"""
+client: their syntax is in the Triggers docstring; what the model answers otherwise, in model.py."""
 
 from __future__ import annotations
 
@@ -47,6 +21,36 @@ _JSON = json.JSONDecoder()
 
 @dataclass(frozen=True)
 class Triggers:
+    """The switches found in a request. Every trigger a test can write:
+
+    In the last user turn's text, its tool results included:
+
+    - `[[refusal]]`: a refusal ("I can't help with that.", stop_reason `refusal`).
+    - `[[pause]]`: stop_reason `pause_turn` and no tool call (it wins over every trigger below that calls one).
+    - `[[unicode]]`: UNICODE_SAMPLE (multi-byte text) appended to the answer's text.
+    - `[[vertex-event]]`: a `vertex_event` SSE event among the deltas (Vertex's own; clients must skip it).
+    - `[[cut]]`: the stream ends after two deltas, without message_stop (a JSON answer is unaffected).
+    - `[[stream-error:overloaded]]`, `[[stream-error:api]]`: an `error` event after two deltas; on rawPredict the
+      matching HTTP error (529 overloaded_error, 500 api_error).
+    - `[[status:N]]`, 400 ≤ N ≤ 599: that Google error instead of an answer (a 429 comes wrapped in an array and
+      without retry-after, as Vertex's do). Token counting and embeddings obey it too (in any instance's content).
+
+    In the last user turn's own text blocks only — not in its tool results, so that a tool echoing the trigger does
+    not repeat the call, and a loop ends: the turn after the tool results carries no trigger, and the model answers
+    "Tool results: …":
+
+    - `[[call:NAME]]`: call tool NAME, with an input made from its input_schema.
+    - `[[call:NAME {JSON}]]`: call tool NAME with exactly this input, a JSON object, not checked against the
+      tool's schema (nothing checks Claude's own inputs either), e.g. `[[call:shell {"command": ["echo", "hi"]}]]`
+      or `[[call:apply_patch {"input": "*** Begin Patch\\n…"}]]`. Whitespace may surround the JSON; inside it
+      `]]` needs no escaping (the JSON is parsed, not scanned).
+    Several triggers: parallel calls, in order, announced ("I will call a, b.") under tool_choice auto as the
+    model's own calls are. They replace the model's own pick under any tool_choice. NAME must be one of the
+    request's tools and the call allowed by tool_choice (not `none`, not another tool than `tool` names, one call
+    under disable_parallel_tool_use); otherwise, and for malformed JSON, the request is a 400
+    `invalid_request_error` whose message starts with "emulator trigger" — a mistake in the test, never a silent
+    fallback. Token counting ignores these triggers.
+    """
     refusal: bool = False
     pause: bool = False
     unicode: bool = False
