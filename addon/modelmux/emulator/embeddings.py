@@ -156,11 +156,13 @@ def vector(model: str, text: Text, dimension: int) -> list[float]:
     values, renormalised."""
     seed = json.dumps([model, text.task_type, text.title, text.content], ensure_ascii=False).encode()
     # an extendable-output hash: its first 4·D bytes are the same whatever length is asked, so these are the
-    # first D values of the native vector
-    first = struct.unpack(f"<{dimension}I", hashlib.shake_256(seed).digest(4 * dimension))
-    centred = [v - 2_147_483_647.5 for v in first]  # symmetric around 0, never 0
-    scale = 1 / math.hypot(*centred)
-    return [round(v * scale, DECIMALS) for v in centred]
+    # first D values of the native vector (signed 32-bit integers, scaled to unit length)
+    first = struct.unpack(f"<{dimension}i", hashlib.shake_256(seed).digest(4 * dimension))
+    length = math.sqrt(math.sumprod(first, first))
+    if not length:  # all D integers 0: a 2⁻³²ᴰ chance, still a unit vector
+        return [1.0] + [0.0] * (dimension - 1)
+    scale = 1 / length
+    return [round(v * scale, DECIMALS) for v in first]
 
 
 def predict(model: str, texts: list[Text], dimension: int) -> dict[str, Any]:
