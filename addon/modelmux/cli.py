@@ -235,9 +235,9 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
-    from . import emulator
+    from .emulator import cli as emulator_cli
 
-    return emulator.run(args)
+    return emulator_cli.run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -277,12 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="DATE", help="count from this day on (YYYY-MM-DD, or YYYY-MM)")
     p.add_argument("--key", metavar="NAME", help="only this client key (its name in security.client_keys)")
     p.add_argument("--json", action="store_true", help="the rows as JSON")
-    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
-                       description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
-                                   "endpoint, for testing apps offline.")
-    from . import emulator
+    from .emulator import cli as emulator_cli  # the argument definitions only: the server loads on `emulator`
 
-    emulator.add_arguments(p)
+    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude, embeddings, OAuth token endpoint)",
+                       description=emulator_cli.DESCRIPTION)
+    emulator_cli.add_arguments(p)
     p = sub.add_parser("demo", help="run the emulator and the proxy, send requests with the openai SDK, show the "
                                     "translation (no credentials needed)")
     p.add_argument("--pace-ms", type=float, default=60.0, help="emulator delay between streamed events (ms)")
