@@ -27,6 +27,18 @@ def _one_of(value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+_REGION = re.compile(r"[a-z0-9-]+")  # us-east5, europe-west1, global, us, eu
+
+
+def _vertex_region(value: str) -> str:
+    """A region goes into the Vertex hostname (`R-aiplatform.googleapis.com`): nothing but a region name may."""
+    value = value.strip()
+    if not _REGION.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Vertex AI region: lowercase letters, digits and hyphens "
+                         f"(us-east5, europe-west1), or global, us, eu")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,12 +50,22 @@ class VertexConfig(_Strict):
     anthropic_version: str = "vertex-2023-10-16"
     fallback_regions: tuple[str, ...] = ()  # tried in order when the region fails (429, 5xx, unreachable)
 
-    @field_validator("project", "region")
+    @field_validator("project")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _vertex_region(value)
+
+    @field_validator("fallback_regions")
+    @classmethod
+    def _regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_vertex_region(r) for r in value)
 
     @field_validator("base_url")
     @classmethod
