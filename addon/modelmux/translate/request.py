@@ -26,12 +26,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
 
 from .. import models
 from .errors import OpenAIError, invalid_request
-from .validation import (LENGTH, Boolean, Custom, Enum, Integer, Number, Object, String, check_array, check_enum,
-                         check_integer, check_object, check_string, invalid, missing, openai_error, tagged, type_error)
+from .validation import (Boolean, Custom, Enum, Integer, Number, Object, String, check_array, check_enum,
+                         check_integer, check_object, check_string, invalid, missing, openai_error, tagged,
+                         too_many_properties, type_error)
 
 
 class _Open(BaseModel):
@@ -48,7 +48,7 @@ class CacheBreakpoint(_Open):
 
 
 class TextPart(_Open):
-    type: str
+    type: Enum("text")
     text: String()
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
@@ -59,13 +59,13 @@ class ImageURL(_Open):
 
 
 class ImagePart(_Open):
-    type: str
+    type: Enum("image_url")
     image_url: ImageURL
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class RefusalPart(_Open):
-    type: str
+    type: Enum("refusal")
     refusal: String()
 
 
@@ -76,7 +76,7 @@ class FileData(_Open):
 
 
 class FilePart(_Open):
-    type: str
+    type: Enum("file")
     file: FileData
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
@@ -87,7 +87,7 @@ class InputAudio(_Open):
 
 
 class AudioPart(_Open):
-    type: str
+    type: Enum("input_audio")
     input_audio: InputAudio
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
@@ -246,8 +246,7 @@ METADATA_MAX_PAIRS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512  # OpenAI
 def _metadata(value: Any) -> dict[str, str]:
     check_object(value)
     if len(value) > METADATA_MAX_PAIRS:
-        raise PydanticCustomError(LENGTH, "too many", {"what": "object", "side": "above", "limit": METADATA_MAX_PAIRS,
-                                                       "actual": len(value)})
+        raise too_many_properties(METADATA_MAX_PAIRS, len(value))
     for key, item in value.items():
         if len(key) > METADATA_KEY_MAX:
             raise invalid(f"Invalid '{{param}}': key too long. Expected a key with maximum length {METADATA_KEY_MAX}, "
@@ -328,8 +327,17 @@ def _function_call(value: Any) -> str | dict[str, Any]:
 INT64 = (-2 ** 63, 2 ** 63 - 1)
 
 
+def _model(value: Any) -> str:
+    check_string(value, min_length=1)
+    try:  # it may become part of the Vertex URL, and is logged: a lone surrogate (\ud800) cannot be either
+        value.encode()
+    except UnicodeEncodeError:
+        raise invalid("Invalid '{param}': the model name is not valid Unicode (it holds a lone surrogate).") from None
+    return value
+
+
 class ChatRequest(_Open):
-    model: String(min_length=1)
+    model: Custom(str, _model)
     messages: Annotated[list[Message], Field(min_length=1)]
     stream: Boolean | None = None
     stream_options: StreamOptions | None = None
@@ -871,6 +879,21 @@ def _hash_user(user: str) -> str:
     return "user-" + hashlib.sha256(_utf8(user)).hexdigest()[:32]
 
 
+VERTEX_MAX_REQUEST_BYTES = 30_000_000  # Vertex AI's cap on a request body ("30 MB", shared notes)
+
+
+def vertex_body_bytes(body: dict[str, Any]) -> bytes:
+    """The finished Vertex body (images inlined, nothing left to add) as the bytes to send. Over Vertex's cap it is
+    an OpenAI 413 `request_too_large` instead: Vertex would refuse it after the whole upload."""
+    data = json.dumps(body).encode()
+    if len(data) > VERTEX_MAX_REQUEST_BYTES:
+        raise OpenAIError(413, f"The request is too large for Vertex AI: {len(data)} bytes once translated (images "
+                               f"inlined as base64), over its limit of {VERTEX_MAX_REQUEST_BYTES} bytes. Send fewer or "
+                               f"smaller images or less text.", "invalid_request_error", "messages",
+                          "request_too_large")
+    return data
+
+
 def inline_images(body: dict[str, Any], fetched: dict[str, tuple[str, str]]) -> None:
     """Replace `url` image sources with the fetched (media_type, base64 data), in place."""
     for turn in body["messages"]:
@@ -882,4 +905,5 @@ def inline_images(body: dict[str, Any], fetched: dict[str, tuple[str, str]]) -> 
 
 
 __all__ = ["ChatRequest", "VertexRequest", "OpenAIError", "parse_request", "to_vertex_body", "inline_images",
+           "vertex_body_bytes", "VERTEX_MAX_REQUEST_BYTES",
            "claude_tool_name", "claude_tool_id", "JSON_TOOL"]

@@ -52,35 +52,46 @@ def json_kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _error(kind: str, template: str, ctx: dict[str, Any]) -> PydanticCustomError:
+    """pydantic keeps ctx in Rust strings: a client's lone surrogate (`\\ud800`, valid JSON) would make
+    `ValidationError.errors()` raise, so client text in ctx is escaped."""
+    clean = {k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v for k, v in ctx.items()}
+    return PydanticCustomError(kind, template, clean)
+
+
 def type_error(expected: str, value: Any, at: str = "") -> PydanticCustomError:
-    return PydanticCustomError(TYPE, "expected {expected}, but got {got} instead",
+    return _error(TYPE, "expected {expected}, but got {got} instead",
                                {"expected": expected, "got": json_kind(value), "at": at})
 
 
+def too_many_properties(limit: int, actual: int) -> PydanticCustomError:
+    return _error(LENGTH, "too many properties", {"what": "object", "side": "above", "limit": limit, "actual": actual})
+
+
 def missing(at: str) -> PydanticCustomError:
-    return PydanticCustomError(MISSING, "missing", {"at": at})
+    return _error(MISSING, "missing", {"at": at})
 
 
 def invalid(text: str, code: str = "invalid_value", at: str = "") -> PydanticCustomError:
     """A free-form error; `{param}` in `text` becomes the parameter's name."""
-    return PydanticCustomError(INVALID, "{text}", {"text": text, "code": code, "at": at})
+    return _error(INVALID, "{text}", {"text": text, "code": code, "at": at})
 
 
 def _bounds(value: int | float, kind: str, minimum: float | None, maximum: float | None, at: str = "") -> None:
     if maximum is not None and value > maximum:
-        raise PydanticCustomError(RANGE, "{kind} above maximum value",
+        raise _error(RANGE, "{kind} above maximum value",
                                   {"kind": kind, "side": "above", "limit": maximum, "value": value, "at": at})
     if minimum is not None and value < minimum:
-        raise PydanticCustomError(RANGE, "{kind} below minimum value",
+        raise _error(RANGE, "{kind} below minimum value",
                                   {"kind": kind, "side": "below", "limit": minimum, "value": value, "at": at})
 
 
 def _length(what: str, actual: int, min_length: int | None, max_length: int | None, at: str = "") -> None:
     if max_length is not None and actual > max_length:
-        raise PydanticCustomError(LENGTH, "{what} too long", {"what": what, "side": "above", "limit": max_length,
+        raise _error(LENGTH, "{what} too long", {"what": what, "side": "above", "limit": max_length,
                                                               "actual": actual, "at": at})
     if min_length is not None and actual < min_length:
-        raise PydanticCustomError(LENGTH, "{what} too short", {"what": what, "side": "below", "limit": min_length,
+        raise _error(LENGTH, "{what} too short", {"what": what, "side": "below", "limit": min_length,
                                                                "actual": actual, "at": at})
 
 
@@ -120,7 +131,7 @@ def check_enum(value: Any, choices: tuple[str, ...], at: str = "") -> str:
     if not isinstance(value, str):
         raise type_error("a string", value, at)
     if value not in choices:
-        raise PydanticCustomError(ENUM, "invalid value", {"value": value, "choices": choices, "at": at})
+        raise _error(ENUM, "invalid value", {"value": value, "choices": choices, "at": at})
     return value
 
 
@@ -200,9 +211,9 @@ def _path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     for part in loc:
         if isinstance(part, int):
             out.append(part)
-        elif part in ("str", "none") or part.startswith(
+        elif part in ("str", "none") or part[:1].isupper() or part.startswith(
                 (TAG, "function-", "list[", "dict[", "tagged-union", "literal[", "nullable[")):
-            continue
+            continue  # a union branch: a model's class name (OpenAI's fields are snake_case) or a schema's name
         else:
             out.append(part)
     return tuple(out)
