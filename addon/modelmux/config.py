@@ -108,6 +108,9 @@ class ReasoningConfig(_Strict):
 class ImagesConfig(_Strict):
     fetch: bool = True  # http(s) image URLs are fetched and inlined (Vertex takes base64 only)
     max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)  # Anthropic's per-image limit
+    max_per_request: int = Field(default=20, ge=1)  # distinct URLs one request may make modelmux fetch
+    # all fetched images of one request together: 20 MiB is ~26.7 MiB as base64, under Vertex's 30 MB request cap
+    max_total_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     timeout_seconds: float = Field(default=10.0, gt=0)
     allow_private_networks: bool = False  # fetch from loopback/private addresses (tests, internal hosts)
 

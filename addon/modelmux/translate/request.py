@@ -470,6 +470,18 @@ def claude_tool_id(ident: str) -> str:
 
 # --- the translation ---------------------------------------------------------------------------------------
 
+class ImageSource(str):
+    """An http(s) image URL to fetch (a plain str to every reader) that remembers the parameter it came from, so a
+    failed fetch names it (images.fetch_images)."""
+
+    param: str
+
+    def __new__(cls, url: str, param: str) -> ImageSource:
+        source = super().__new__(cls, url)
+        source.param = param
+        return source
+
+
 @dataclass
 class VertexRequest:
     body: dict[str, Any]
@@ -478,7 +490,7 @@ class VertexRequest:
     tool_names: dict[str, str] = field(default_factory=dict)  # Claude name → the client's name
     json_tool: str | None = None  # the synthetic structured-output tool, answered as `content`
     json_wrapped: bool = False  # a non-object schema was wrapped as {"value": …}
-    image_urls: list[str] = field(default_factory=list)  # http(s) images to fetch and inline before sending
+    image_urls: list[str] = field(default_factory=list)  # http(s) images to fetch and inline (ImageSource)
     thinking: bool = False
 
 
@@ -565,7 +577,7 @@ def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
             valid = False
         if not valid:
             raise invalid_request("The image URL is not a valid http(s) URL.", param=param)
-        image_urls.append(url)
+        image_urls.append(ImageSource(url, param))
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise invalid_request("An image URL must be a data: URL (base64) or an http(s) URL.", param=param)
 
