@@ -131,7 +131,8 @@ class Message(_Open):
         if self.role in _CONTENT_REQUIRED and self.content is None:
             if "content" not in self.model_fields_set:
                 raise missing(".content")
-            raise type_error("one of a string or an array", None, ".content")
+            if self.role != "function":  # the deprecated function message may say null
+                raise type_error("one of a string or an array", None, ".content")
         return self
 
 

@@ -1,8 +1,9 @@
 """OpenAI's request value types, as strict as OpenAI is, and pydantic's errors told in OpenAI's words. Pure: no I/O.
 
 pydantic's lax mode takes `true` for a float and "1" for an int; OpenAI answers 400 to both. The Annotated types
-below check what OpenAI's spec (`CreateChatCompletionRequest`) says of a value and raise errors that
-`openai_error` turns into OpenAI's message and `code`, naming the parameter:
+below check what OpenAI's spec (`CreateChatCompletionRequest`) says of a value — pydantic's strict types where
+their errors map onto OpenAI's, checks of our own elsewhere — and `openai_error` turns any failure into OpenAI's
+message and `code`, naming the parameter:
 "Invalid type for 'seed': expected an integer, but got a string instead." (`invalid_type`).
 
 Two readings of the spec, both lenient where a client cannot tell the difference:
@@ -12,13 +13,12 @@ Two readings of the spec, both lenient where a client cannot tell the difference
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union
 
-from typing import Union
-
-from pydantic import BeforeValidator, Discriminator, PlainValidator, Tag, ValidationError
+from pydantic import (BeforeValidator, Discriminator, Field, PlainValidator, Strict, StringConstraints, Tag,
+                      ValidationError)
 from pydantic_core import PydanticCustomError
 
 from .errors import OpenAIError, invalid_request
@@ -104,15 +104,6 @@ def check_integer(value: Any, minimum: float | None = None, maximum: float | Non
     return value
 
 
-def check_number(value: Any, minimum: float | None = None, maximum: float | None = None, at: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise type_error("a decimal", value, at)
-    if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf
-        raise type_error("a finite decimal", value, at)
-    _bounds(value, "decimal", minimum, maximum, at)
-    return value
-
-
 def check_string(value: Any, min_length: int | None = None, max_length: int | None = None, at: str = "") -> str:
     if not isinstance(value, str):
         raise type_error("a string", value, at)
@@ -145,30 +136,27 @@ def _validated(kind: type, check: Callable[[Any], Any]) -> Any:
     return Annotated[kind, PlainValidator(check)]
 
 
+# pydantic's own strict types where their errors say what OpenAI says (they run in Rust: a request has hundreds of
+# strings); checks of our own where they do not (an integer may be 1.0) or for a whole container.
+
 def Integer(minimum: float | None = None, maximum: float | None = None) -> Any:  # noqa: N802 (a type)
     return _validated(int, lambda v: check_integer(v, minimum, maximum))
 
 
 def Number(minimum: float | None = None, maximum: float | None = None) -> Any:  # noqa: N802
-    return _validated(float, lambda v: check_number(v, minimum, maximum))
+    return Annotated[float, Strict(), Field(ge=minimum, le=maximum, allow_inf_nan=False)]  # an int is a number too
 
 
 def String(min_length: int | None = None, max_length: int | None = None) -> Any:  # noqa: N802
-    return _validated(str, lambda v: check_string(v, min_length, max_length))
+    return Annotated[str, StringConstraints(strict=True, min_length=min_length, max_length=max_length)]
 
 
 def Enum(*choices: str) -> Any:  # noqa: N802
-    return _validated(str, lambda v: check_enum(v, choices))
+    return Literal[choices]
 
 
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise type_error("a boolean", value)
-    return value
-
-
-Boolean = _validated(bool, _boolean)
-Object = _validated(dict, check_object)  # a free-form JSON object (a JSON schema, tool parameters)
+Boolean = Annotated[bool, Strict()]
+Object = Annotated[dict[str, Any], Strict()]  # a free-form JSON object (a JSON schema, tool parameters)
 
 
 def Custom(kind: Any, check: Callable[[Any], Any]) -> Any:  # noqa: N802
@@ -229,14 +217,16 @@ def param_name(path: tuple[Any, ...]) -> str:
 
 def _expected(e: dict[str, Any]) -> str | None:
     """What a type error expected, or None when `e` is not a type error."""
-    if e["type"] == TYPE:
-        return e["ctx"]["expected"]
-    return _TYPE_OF_PYDANTIC.get(e["type"])
+    kind, ctx = _ours(e)
+    if kind == TYPE:
+        return ctx["expected"]
+    return _TYPE_OF_PYDANTIC.get(kind)
 
 
 def _got(e: dict[str, Any]) -> str:
     """What a type error got: our checks name the value they looked at (`input` may be its container)."""
-    return e["ctx"]["got"] if e["type"] == TYPE else json_kind(e["input"])
+    kind, ctx = _ours(e)
+    return ctx["got"] if kind == TYPE else json_kind(e["input"])
 
 
 def _number(value: Any) -> str:
@@ -248,12 +238,29 @@ def _quoted(choices: tuple[str, ...] | list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + (", and " if len(items) > 2 else " and ") + items[-1]
 
 
+def _ours(e: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """pydantic's own errors of the kinds above, as ours."""
+    kind, ctx, value = e["type"], e.get("ctx") or {}, e["input"]
+    if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        short = kind.endswith("short")
+        what = "string" if kind.startswith("string") else "array"
+        return LENGTH, {"what": what, "side": "below" if short else "above", "actual": len(value),
+                        "limit": ctx["min_length"] if short else ctx["max_length"]}
+    if kind in ("greater_than_equal", "less_than_equal"):
+        above = kind == "less_than_equal"
+        return RANGE, {"kind": "decimal", "side": "above" if above else "below", "value": value,
+                       "limit": ctx["le"] if above else ctx["ge"]}
+    if kind == "finite_number":
+        return TYPE, {"expected": "a finite decimal", "got": json_kind(value)}
+    if kind == "literal_error":
+        if not isinstance(value, str):
+            return TYPE, {"expected": "a string", "got": json_kind(value)}
+        return ENUM, {"value": value, "choices": re.findall(r"'([^']*)'", str(ctx.get("expected", "")))}
+    return kind, ctx
+
+
 def _one(e: dict[str, Any], param: str) -> OpenAIError:
-    kind, ctx = e["type"], e.get("ctx") or {}
-    if kind in ("too_short", "too_long"):  # pydantic's, for arrays (strings are checked by `String`)
-        short = kind == "too_short"
-        kind, ctx = LENGTH, {"what": "array", "side": "below" if short else "above", "actual": ctx["actual_length"],
-                             "limit": ctx["min_length"] if short else ctx["max_length"]}
+    kind, ctx = _ours(e)
     if kind == RANGE:
         op = "<=" if ctx["side"] == "above" else ">="
         bound = "maximum" if ctx["side"] == "above" else "minimum"
