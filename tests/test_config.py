@@ -254,3 +254,18 @@ def test_client_keys_as_strings_or_objects():
 def plain_name(key):
     from modelmux.config import key_name
     return key_name(key)
+@pytest.mark.parametrize("region", ["us-east5", "europe-west1", "global", "us", "eu", " asia-southeast1 "])
+def test_regions_that_name_a_vertex_region_are_accepted(region):
+    cfg = parse_config({"vertex": {"project": "p", "region": region, "fallback_regions": [region, "global"]}})
+    assert cfg.vertex.region == region.strip() and cfg.vertex.fallback_regions == (region.strip(), "global")
+
+
+@pytest.mark.parametrize("bad", ["evil.example.com/x?", "us-east5.evil.com", "US-EAST5", "us east5", "a/b", "x@y",
+                                 "us-east5#", "", " ", "é", "us\nx"])
+@pytest.mark.parametrize("key", ["region", "fallback_regions"])
+def test_a_region_that_would_change_the_vertex_hostname_is_refused(key, bad):
+    """vertex.region goes into the hostname (`R-aiplatform.googleapis.com`): only a region name may (issue 10)."""
+    vertex = {"project": "p", key: [bad] if key == "fallback_regions" else bad}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"vertex": vertex})
+    assert f"vertex.{key}" in str(err.value) and "not a Vertex AI region" in str(err.value)

@@ -30,6 +30,18 @@ def _one_of(value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+_REGION = re.compile(r"[a-z0-9-]+")  # us-east5, europe-west1, global, us, eu
+
+
+def _vertex_region(value: str) -> str:
+    """A region goes into the Vertex hostname (`R-aiplatform.googleapis.com`): nothing but a region name may."""
+    value = value.strip()
+    if not _REGION.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Vertex AI region: lowercase letters, digits and hyphens "
+                         f"(us-east5, europe-west1), or global, us, eu")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,12 +53,22 @@ class VertexConfig(_Strict):
     anthropic_version: str = "vertex-2023-10-16"
     fallback_regions: tuple[str, ...] = ()  # tried in order when the region fails (429, 5xx, unreachable)
 
-    @field_validator("project", "region")
+    @field_validator("project")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _vertex_region(value)
+
+    @field_validator("fallback_regions")
+    @classmethod
+    def _regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_vertex_region(r) for r in value)
 
     @field_validator("base_url")
     @classmethod
@@ -177,6 +199,9 @@ class ReasoningConfig(_Strict):
 class ImagesConfig(_Strict):
     fetch: bool = True  # http(s) image URLs are fetched and inlined (Vertex takes base64 only)
     max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)  # Anthropic's per-image limit
+    max_per_request: int = Field(default=20, ge=1)  # distinct URLs one request may make modelmux fetch
+    # all fetched images of one request together: 20 MiB is ~26.7 MiB as base64, under Vertex's 30 MB request cap
+    max_total_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     timeout_seconds: float = Field(default=10.0, gt=0)
     allow_private_networks: bool = False  # fetch from loopback/private addresses (tests, internal hosts)
 

@@ -37,6 +37,7 @@ from ..exchange import Capture, Exchange, StreamTranslator, Tokens
 from ..pairs import render as render_pair
 from ..translate import sse
 from ..translate.errors import OpenAIError, from_upstream
+from ..translate.request import vertex_body_bytes
 from ..translate.stream import message_as_events
 from ..upstream import PLAN_HEADER, USER_AGENT, Answer, Outcome, Plan
 from .runtime import Runtime, Snapshot
@@ -90,7 +91,12 @@ class Translate:
         upstream_stream = prepared.stream and delivery != "never"
         if prepared.stream and not upstream_stream:
             prepared.body.pop("stream", None)  # `never`: one non-streamed call, replayed to the client as SSE
-        body = json.dumps(prepared.body).encode() if prepared.batches is None else b""  # batches: sent one by one
+        try:
+            # batches (embeddings) are sent one by one, each well under Vertex's cap
+            body = vertex_body_bytes(prepared.body) if prepared.batches is None else b""
+        except OpenAIError as err:  # over Vertex's 30 MB request cap (images inlined): refused here
+            flow.response = error_response(err)
+            return
         urls = prepared.urls(upstream_stream)
         region = snap.config.vertex.region
         ex = Exchange(api=api.NAME, requested_model=prepared.requested_model,
