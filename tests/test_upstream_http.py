@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import tracemalloc
+import zlib
 
 import pytest
 
 import procs
-from modelmux.upstream_http import FirstByteTimeout, IdleTimeout, UpstreamClient, UpstreamError
+from modelmux.upstream_http import BodyTooLarge, FirstByteTimeout, IdleTimeout, UpstreamClient, UpstreamError
 
 
 class Server:
@@ -131,6 +133,61 @@ def test_a_body_cut_short_is_an_error_and_gzip_is_decoded():
 
     zipped, body = asyncio.run(main())
     assert zipped == body
+
+
+def bomb(inflated: int, wbits: int = 31) -> bytes:
+    """`inflated` zero bytes, compressed (gzip by default): a few kB that inflate to megabytes."""
+    z = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    zeros = bytes(1 << 20)
+    return b"".join([*(z.compress(zeros) for _ in range(inflated >> 20)), z.flush()])
+
+
+def test_a_compression_bomb_is_refused_while_it_inflates():
+    """64 MiB of zeros in ~64 kB of gzip (and of deflate) against a 1 MiB cap: BodyTooLarge, and what was held
+    while finding out stays near the cap (the whole body inflated would be 64 MiB)."""
+    async def main():
+        replies = [(ok(bomb(64 << 20), b"content-encoding: gzip\r\n"), False),
+                   (ok(bomb(64 << 20, 15), b"content-encoding: deflate\r\n"), False),
+                   (ok(bomb(1 << 20) + b""), False)]  # not announced as compressed: read as it is
+        async with Server(replies) as srv:
+            client = UpstreamClient(max_body_bytes=1 << 20)
+            peaks = []
+            for _ in range(2):
+                resp = await post(client, srv.url)
+                tracemalloc.start()
+                with pytest.raises(BodyTooLarge, match="limits.max_upstream_bytes"):
+                    await resp.aread()
+                peaks.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.stop()
+            plain = await (await post(client, srv.url)).aread()
+            await client.aclose()
+            return peaks, plain, srv.connections
+
+    peaks, plain, connections = asyncio.run(main())
+    assert all(peak < 4 << 20 for peak in peaks), peaks
+    assert zlib.decompress(plain, 31) == bytes(1 << 20)
+    assert connections == 3  # a refused answer's connection is not reused (its body was not read to the end)
+
+
+def test_a_body_over_the_cap_is_refused_announced_or_not_and_the_cap_can_be_set_per_call():
+    async def main():
+        big = b"x" * 3000
+        replies = [(ok(big), False), (chunked((0, big[:1500]), (0, big[1500:])), False), (ok(big), False),
+                   (ok(gzip.compress(big), b"content-encoding: gzip\r\n"), False)]
+        async with Server(replies) as srv:
+            client = UpstreamClient(max_body_bytes=2048)
+            for _ in range(2):  # content-length over the cap; chunked, found over it while reading
+                with pytest.raises(BodyTooLarge):
+                    await (await post(client, srv.url)).aread()
+            resp = await client.post(srv.url, {}, b"", connect_seconds=2, first_byte_seconds=2, max_body_bytes=3000)
+            exact = await resp.aread()
+            zipped = await (await client.post(srv.url, {}, b"", connect_seconds=2, first_byte_seconds=2,
+                                              max_body_bytes=3000)).aread()
+            await client.aclose()
+            return exact, zipped, big
+
+    exact, zipped, big = asyncio.run(main())
+    assert exact == big and zipped == big  # exactly at the cap is not over it
 
 
 def test_no_answer_in_time_and_no_server_are_errors():

@@ -110,62 +110,46 @@ class TimeoutsConfig(_Strict):
     first_byte_seconds: float = Field(default=120.0, gt=0)  # until Vertex's response headers
     idle_seconds: float = Field(default=120.0, gt=0)  # the longest silence between two streamed events
     # no total limit: a long answer streams as long as it keeps moving
+    # the client side (docs/security.md): a request's headers must be complete this long after the connection (or
+    # the previous answer) — else it is closed; a request body must make progress at least this often
+    client_header_seconds: float = Field(default=20.0, gt=0)
+    client_idle_seconds: float = Field(default=20.0, gt=0)
 
 
 class SecurityConfig(_Strict):
+    """Who may use the proxy and where forwarded traffic may go (docs/security.md)."""
+
     client_keys: tuple[str, ...] = Field(default=(), repr=False)  # accepted `Authorization: Bearer` keys; empty: any
+    # HTTP proxy authentication for forwarding listeners (regular, socks5), as mitmproxy's `proxyauth`: "user:pass",
+    # "@/path/to/htpasswd" or an "ldap[s]:…" spec; never logged
+    proxy_auth: str | None = Field(default=None, repr=False)
+    # a forwarding listener on a non-loopback address without proxy authentication starts only with this (warning)
+    allow_unauthenticated_proxy: bool = False
+    # exposed forwarding listeners never connect to loopback, link-local or private addresses unless this is set
+    forward_private_networks: bool = False
 
-    @field_validator("client_keys")
+    @field_validator("proxy_auth")
     @classmethod
-    def _no_blank(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not k.strip() for k in value):
-            raise ValueError("a client key must not be empty")
+    def _auth_spec(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value == "any":
+            raise ValueError('"any" accepts every user: it is no authentication (use allow_unauthenticated_proxy)')
+        user, sep, password = value.partition(":")
+        if not (value.startswith(("@", "ldap:", "ldaps:")) or (sep and user and password)):
+            raise ValueError('must be "user:password", "@/path/to/htpasswd" or an "ldap[s]:…" spec')
         return value
 
 
-STREAMING_MODES = ("passthrough", "buffered", "never")
+class LimitsConfig(_Strict):
+    """Bounds that keep one process safe to expose (docs/security.md)."""
 
-
-class StreamingRule(_Strict):
-    user_agent: str  # a regular expression, searched in the client's User-Agent (case-insensitive)
-    mode: str
-
-    @field_validator("user_agent")
-    @classmethod
-    def _regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as err:
-            raise ValueError(f"not a valid regular expression: {err}") from None
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return _one_of(value, STREAMING_MODES)
-
-
-class StreamingConfig(_Strict):
-    """How a streamed answer reaches the client (docs/mapping.md, "Streaming modes"):
-    passthrough: one chunk per Vertex event, the moment it arrives (exact; what OpenAI does);
-    buffered: the deltas of one block arriving within one `window_ms` window leave as one chunk (clients that choke
-    on tiny ones);
-    never: Vertex is called non-streamed; a client that asked for a stream gets the whole answer as SSE at once."""
-
-    mode: str = "passthrough"
-    window_ms: float = Field(default=50.0, gt=0, le=5000)
-    rules: tuple[StreamingRule, ...] = ()  # first match on the client's User-Agent wins; else `mode`
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        return _one_of(value, STREAMING_MODES)
-
-    def mode_for(self, user_agent: str) -> str:
-        for rule in self.rules:
-            if re.search(rule.user_agent, user_agent, re.IGNORECASE):
-                return rule.mode
-        return self.mode
+    # connections a process holds at once; past it new ones are closed at accept. null: derived from the
+    # file-descriptor limit (RLIMIT_NOFILE), each connection counting for the 4 descriptors a stream may use
+    max_connections: int | None = Field(default=None, ge=1)
+    max_request_bytes: int = Field(default=30 * 1024 * 1024, ge=1)  # a client's request body (Vertex's cap: 413)
+    max_upstream_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # Vertex's answer, after decompression (502)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # an HTTP/1 request head (431)
 
 
 class DumpConfig(_Strict):
@@ -183,6 +167,7 @@ class Config(_Strict):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     security: SecurityConfig = SecurityConfig()
+    limits: LimitsConfig = LimitsConfig()
     dump: DumpConfig = DumpConfig()
     streaming: StreamingConfig = StreamingConfig()
 
