@@ -128,6 +128,13 @@ class SecurityConfig(_Strict):
     # exposed forwarding listeners never connect to loopback, link-local or private addresses unless this is set
     forward_private_networks: bool = False
 
+    @field_validator("client_keys")
+    @classmethod
+    def _no_blank(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not k.strip() for k in value):
+            raise ValueError("a client key must not be empty")
+        return value
+
     @field_validator("proxy_auth")
     @classmethod
     def _auth_spec(cls, value: str | None) -> str | None:
@@ -139,6 +146,51 @@ class SecurityConfig(_Strict):
         if not (value.startswith(("@", "ldap:", "ldaps:")) or (sep and user and password)):
             raise ValueError('must be "user:password", "@/path/to/htpasswd" or an "ldap[s]:…" spec')
         return value
+
+
+STREAMING_MODES = ("passthrough", "buffered", "never")
+
+
+class StreamingRule(_Strict):
+    user_agent: str  # a regular expression, searched in the client's User-Agent (case-insensitive)
+    mode: str
+
+    @field_validator("user_agent")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from None
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        return _one_of(value, STREAMING_MODES)
+
+
+class StreamingConfig(_Strict):
+    """How a streamed answer reaches the client (docs/mapping.md, "Streaming modes"):
+    passthrough: one chunk per Vertex event, the moment it arrives (exact; what OpenAI does);
+    buffered: the deltas of one block arriving within one `window_ms` window leave as one chunk (clients that choke
+    on tiny ones);
+    never: Vertex is called non-streamed; a client that asked for a stream gets the whole answer as SSE at once."""
+
+    mode: str = "passthrough"
+    window_ms: float = Field(default=50.0, gt=0, le=5000)
+    rules: tuple[StreamingRule, ...] = ()  # first match on the client's User-Agent wins; else `mode`
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        return _one_of(value, STREAMING_MODES)
+
+    def mode_for(self, user_agent: str) -> str:
+        for rule in self.rules:
+            if re.search(rule.user_agent, user_agent, re.IGNORECASE):
+                return rule.mode
+        return self.mode
 
 
 class LimitsConfig(_Strict):
