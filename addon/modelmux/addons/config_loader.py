@@ -6,7 +6,7 @@ Cases:
   previous configuration when it was a change).
 - no configuration at all: an error is logged and modelmux stays inactive (mitmproxy passes every flow
   through untouched), as mitmproxy's own addons do when their option is unset.
-- the file changes while running (checked every second): reloaded without a restart; requests in flight finish
+- the file changes while running (checked twice a second): reloaded without a restart; requests in flight finish
   on the configuration they started with, the next ones use the new one; an invalid edit is refused with a log
   line and the previous configuration stays (`--set modelmux_watch=false` turns watching off);
 - `connection_strategy` is forced to `lazy`: with `eager` mitmproxy connects to api.openai.com at CONNECT time,
@@ -26,7 +26,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("modelmux")
 
-WATCH_INTERVAL = 1.0  # seconds between looks at the config file
+WATCH_INTERVAL = 0.5  # seconds between looks at the config file: an edit applies within a second
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -67,7 +67,10 @@ class ConfigLoader:
             except ConfigError as err:
                 raise exceptions.OptionsError(f"modelmux: {err}") from None
             self.path, self._stamp = path, stamp
-            self._apply(config)
+            try:
+                self._apply(config)
+            except ConfigError as err:  # refused by an addon's check (e.g. an exposed listener without auth)
+                raise exceptions.OptionsError(f"modelmux: {err}") from None
 
     def _apply(self, config: Config) -> None:
         old = self.runtime.current
@@ -97,8 +100,13 @@ class ConfigLoader:
                 log.error("modelmux: %s changed but is invalid, keeping the previous configuration: %s",
                           self.path, err)
                 continue
+            try:
+                self._apply(config)
+            except ConfigError as err:
+                log.error("modelmux: %s changed but is refused, keeping the previous configuration: %s",
+                          self.path, err)
+                continue
             log.info("modelmux: reloaded %s", self.path)
-            self._apply(config)
 
     def done(self):
         if self._watcher is not None:
