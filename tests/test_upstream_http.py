@@ -10,6 +10,7 @@ import zlib
 import pytest
 
 import procs
+import report
 from modelmux.upstream_http import BodyTooLarge, FirstByteTimeout, IdleTimeout, UpstreamClient, UpstreamError
 
 
@@ -227,3 +228,72 @@ def test_https_verifies_the_server_and_streams_over_tls(tmp_path):
             server.close()
 
     assert asyncio.run(main()) == [b"event: a\n\n", b"event: b\n\n"]
+
+
+def test_a_gzip_bomb_from_vertex_is_an_openai_502_and_the_proxy_never_holds_it(tmp_path):
+    """A real `modelmux run` whose Vertex answers with 256 kB of gzip that inflate to 256 MiB, against
+    limits.max_upstream_bytes of 8 MiB (the default is 64 MiB): the client gets an OpenAI-shaped 502, and the
+    proxy's peak RSS grows by about the cap, not by the inflated body."""
+    import json
+    import re
+    import threading
+    from pathlib import Path
+
+    import httpx
+    from openapi import validate_error
+
+    payload = bomb(256 << 20)
+    loop = asyncio.new_event_loop()
+    ready, port = threading.Event(), []
+
+    async def serve(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"vertex: {{project: p, base_url: 'http://127.0.0.1:{port[0]}'}}\n"
+                      "auth: {access_token: bomb-test-token}\nretries: {max_attempts: 1}\n"
+                      "limits: {max_upstream_bytes: 8388608}\n")
+    listen = procs.free_port()
+    proc = procs.Proc([str(procs.VENV_BIN / "modelmux"), "run", "--config", str(config), "--confdir",
+                       str(tmp_path / "confdir"), "--mode", f"reverse:https://api.openai.com@{listen}"],
+                      procs.PROXY_READY, cwd=procs.ROOT)
+
+    def hwm_mb() -> float:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.popen.pid}/status").read_text()).group(1)) / 1024
+
+    try:
+        procs.wait_port(listen)
+        Path(f"/proc/{proc.popen.pid}/clear_refs").write_text("5")
+        before = hwm_mb()
+        with httpx.Client(trust_env=False, timeout=60) as client:
+            r = client.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
+                            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        grown = hwm_mb() - before
+    finally:
+        proc.stop()
+        loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+        thread.join(5)
+    assert r.status_code == 502, r.text
+    validate_error(r.json())
+    assert r.json()["error"]["type"] == "server_error" and "bomb-test-token" not in json.dumps(r.json())
+    assert grown < 30, f"peak RSS grew by {grown:.0f} MB"
+    report.add(f"gzip bomb (256 kB → 256 MiB) against an 8 MiB cap: 502, proxy peak RSS +{grown:.1f} MB")

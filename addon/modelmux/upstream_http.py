@@ -24,6 +24,7 @@ import h11
 _READ_SIZE = 65536
 _MAX_IDLE_PER_ORIGIN = 256
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # config limits.max_upstream_bytes
+_INFLATE_STEP = 1 << 20  # bytes of inflated output per zlib call
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's container formats: 31 = gzip header, 15 = zlib header
 
 
@@ -135,12 +136,14 @@ class Response:
                 fed = False
                 async for piece in self.aiter_raw():
                     fed = fed or bool(piece)
-                    if inflate is not None:
-                        # at most one byte past the cap out of each piece: the rest stays in zlib's input
-                        piece = inflate.decompress(piece, limit + 1 - len(body))
-                        if inflate.unconsumed_tail:
-                            raise BodyTooLarge(limit)
-                    body += piece
+                    if inflate is None:
+                        body += piece
+                    else:  # inflated a step at a time: never more than the cap plus one step held
+                        while piece and not inflate.eof:
+                            body += inflate.decompress(piece, _INFLATE_STEP)
+                            piece = inflate.unconsumed_tail
+                            if len(body) > limit:
+                                break
                     if len(body) > limit:
                         raise BodyTooLarge(limit)
                 if inflate is not None and fed:  # an empty body stays empty, as gzip.decompress(b"") does
@@ -183,12 +186,17 @@ def _length(headers: dict[str, str]) -> int:
 
 
 class UpstreamClient:
-    def __init__(self, cafile: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    # each answer's `aread` cap, unless the client or `post` is given another: the process's default, which
+    # addons/runtime.py keeps to the configuration's limits.max_upstream_bytes (a reload applies at once)
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+
+    def __init__(self, cafile: str | None = None, *, max_body_bytes: int | None = None) -> None:
         # certifi by default: the same public roots httpx trusted before (the proxy's own trust settings are for
         # its clients)
         self._ssl = ssl.create_default_context(cafile=cafile or certifi.where())
         self._idle: dict[_Origin, list[_Connection]] = {}
-        self.max_body_bytes = max_body_bytes  # each answer's `aread` cap unless `post` is given another
+        if max_body_bytes is not None:
+            self.max_body_bytes = max_body_bytes
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, *, connect_seconds: float,
                    first_byte_seconds: float, max_body_bytes: int | None = None) -> Response:

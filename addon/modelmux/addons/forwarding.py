@@ -117,7 +117,8 @@ class Forwarding:
             return  # modelmux's own relay: where its streamed flows go
         mode = data.client.proxy_mode
         if isinstance(mode, ReverseMode):
-            server.error = "modelmux's reverse-mode listener forwards only the OpenAI API"
+            if self.runtime.current is not None:  # inactive (no configuration): mitmproxy's reverse proxy, as is
+                server.error = "modelmux's reverse-mode listener forwards only the OpenAI API"
             return
         if server.via is not None or not self._guarded(mode):
             return

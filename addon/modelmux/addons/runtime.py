@@ -15,6 +15,7 @@ from ..dump import DumpWriter
 from ..metrics import Metrics
 from ..thinking_cache import ThinkingCache
 from ..upstream import Relay
+from ..upstream_http import UpstreamClient
 from ..vertex import Router
 
 
@@ -45,6 +46,7 @@ class Runtime:
         snap = Snapshot(config=config, router=Router(config), tokens=tokens or TokenProvider(config.auth),
                         intercept_hosts=frozenset(config.intercept.hosts))
         self.relay.breaker.cfg = config.circuit_breaker
+        UpstreamClient.max_body_bytes = config.limits.max_upstream_bytes  # the relay's client reads it per answer
         self.current = snap
         for follow in self.installed:
             follow(snap)
