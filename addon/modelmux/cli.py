@@ -125,6 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _run_workers(args: argparse.Namespace) -> int:
     """`run --workers N`: check what can be checked once, then start and supervise N `run --worker I` processes."""
     from . import workers
+    from .addons import exposure
     from .config import ConfigError, load_config
 
     try:
@@ -135,7 +136,11 @@ def _run_workers(args: argparse.Namespace) -> int:
                                        "one process per port behind a load balancer (docs/scaling.md)")
         if args.web:
             raise workers.WorkersError("--web shows one process's flows and has one UI port: use it without --workers")
-        load_config(args.config)
+        config = load_config(args.config)
+        given = dict(item.partition("=")[::2] for item in args.set)
+        if reason := exposure.problem(config.security, args.mode or ["regular"], given.get("listen_host",
+                                      args.listen_host), given.get("proxyauth")):
+            raise workers.WorkersError(reason)  # before binding anything, even to check the ports
         items = workers.listeners(args.mode or ["regular"], args.listen_host, args.listen_port)
         workers.check_free(items)
     except (workers.WorkersError, ConfigError) as err:

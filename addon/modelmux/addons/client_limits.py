@@ -148,6 +148,7 @@ class ClientLimits:
         self._counts: dict[str, int] = {}  # reason → connections closed / refused since the last log line
         self._task: asyncio.Task | None = None
         self._closed_peers: set = set()  # closed by a limit, not yet disconnected: already counted in our line
+        self._warned_cap: int | None = None
 
     def load(self, loader) -> None:
         mitm_patches.install()
@@ -167,8 +168,9 @@ class ClientLimits:
 
     def running(self) -> None:
         self._apply()
-        if warning := workers.capacity_warning(self.fd_limit):
-            log.warning("modelmux: %s", warning)
+        if note := workers.capacity_warning(self.fd_limit):
+            low = min(workers.accept_backlog(self.fd_limit), self.gate.limit or 0) < workers.MIN_BACKLOG
+            log.log(logging.WARNING if low else logging.INFO, "modelmux: %s", note)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -189,7 +191,13 @@ class ClientLimits:
         timeouts, limits = snap.config.timeouts, snap.config.limits
         self.deadlines.header_seconds = timeouts.client_header_seconds
         self.deadlines.idle_seconds = timeouts.client_idle_seconds
-        self.gate.limit = limits.max_connections or workers.derived_max_connections(self.fd_limit)
+        derived = workers.derived_max_connections(self.fd_limit)
+        self.gate.limit = limits.max_connections or derived
+        if limits.max_connections and limits.max_connections > derived and limits.max_connections != self._warned_cap:
+            log.warning("modelmux: limits.max_connections is %d, more than the file-descriptor limit (%d) leaves room "
+                        "for (%d): near it, connections fail with 'Too many open files'", limits.max_connections,
+                        self.fd_limit, derived)
+        self._warned_cap = limits.max_connections
         mitm_patches.HOOKS.max_header_bytes = limits.max_header_bytes
 
     # connections

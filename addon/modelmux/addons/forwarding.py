@@ -2,15 +2,18 @@
 
 Cases:
 - a loopback-only forwarding listener: as mitmproxy does (apps on this machine reach those addresses anyway);
-- a forwarding listener on a non-loopback address (exposure.py), `security.forward_private_networks` false (the
-  default): a destination that is — or whose name resolves to any — loopback, link-local (169.254.0.0/16, the
-  cloud metadata servers), private (RFC 1918, fc00::/7, 100.64.0.0/10), unspecified (0.0.0.0/8, ::) or otherwise
-  non-global address, IPv4-mapped IPv6 forms included, is refused: a CONNECT gets 403 (no tunnel), plain HTTP
-  gets 403, any other connection (socks5, a tunnel's server side) is not opened. The name is resolved once and
+- a forwarding listener (regular, upstream, socks5: the client names the destination) on a non-loopback address
+  (exposure.py), `security.forward_private_networks` false (the default): a destination that is — or whose name
+  resolves to any — loopback, link-local (169.254.0.0/16, the cloud metadata servers), private (RFC 1918,
+  fc00::/7, 100.64.0.0/10), unspecified (0.0.0.0/8, ::) or otherwise non-global address, IPv4-mapped IPv6 forms
+  included, is refused: a CONNECT gets 403 (no tunnel), plain HTTP gets 403, any other connection (socks5, a
+  tunnel's server side) is not opened. The name is resolved once and
   the connection goes to the address that was checked, never resolved again (no DNS-rebinding window);
   intercepted hosts are never connected to (their flows are answered by modelmux);
 - upstream mode: the upstream proxy itself may be anywhere (the operator named it); the destinations its clients
   name are checked by this process's resolution;
+- transparent, WireGuard, local and tun modes: as mitmproxy does (the destination is where the client was
+  going, or the client is authenticated by its WireGuard key);
 - a reverse-mode listener forwards nothing but the API: every flow on it is modelmux's (answered locally or by
   the relay), and any other connection it would open — raw TCP that is not HTTP, a protocol upgrade — is not
   opened (reverse mode already answers CONNECT with 400 and other paths with 404).
@@ -28,7 +31,7 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from ..config import SecurityConfig
-from .exposure import exposed
+from .exposure import FORWARDING_MODES, exposed
 from .runtime import Runtime
 from .scope import is_ours
 
@@ -81,8 +84,8 @@ class Forwarding:
         return snap.config.security if snap is not None else SecurityConfig()
 
     def _guarded(self, mode: ProxyMode) -> bool:
-        """Destinations are checked for this listener: it binds a non-loopback address, and no opt-in."""
-        if isinstance(mode, ReverseMode) or self._security().forward_private_networks:
+        """Destinations are checked for this listener: a forwarding one on a non-loopback address, no opt-in."""
+        if not isinstance(mode, FORWARDING_MODES) or self._security().forward_private_networks:
             return False
         return _exposed(mode, ctx.options.listen_host)
 
