@@ -215,6 +215,7 @@ def bomb_server(bomb: bytes):
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     port: list[int] = []
+    stop: list[asyncio.Event] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -231,11 +232,12 @@ def bomb_server(bomb: bytes):
         writer.close()
 
     async def main() -> None:
+        stop.append(asyncio.Event())
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port.append(server.sockets[0].getsockname()[1])
         ready.set()
-        async with server:
-            await server.serve_forever()
+        await stop[0].wait()
+        server.close()
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
     thread.start()
@@ -243,7 +245,7 @@ def bomb_server(bomb: bytes):
     try:
         yield f"http://127.0.0.1:{port[0]}"
     finally:
-        loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+        loop.call_soon_threadsafe(stop[0].set)
         thread.join(5)
 
 

@@ -208,7 +208,7 @@ def reset_hwm(pid: int) -> None:
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_body_over_30_mb_is_a_413_without_the_proxy_holding_it(quick, framing):
-    """50 MB to the chat endpoint (the default limits.max_request_bytes is Vertex's 30 MB): an OpenAI 413, and the
+    """50 MB to the chat endpoint (the default bounds.max_request_bytes is Vertex's 30 MB): an OpenAI 413, and the
     proxy's peak RSS does not grow by the body — with a content-length the body is dropped as it arrives; chunked,
     what came before the cap was found is dropped with it."""
     payload = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + b"x" * (50 << 20) + b'"}]}'
@@ -227,7 +227,7 @@ def test_a_body_over_30_mb_is_a_413_without_the_proxy_holding_it(quick, framing)
     grown = hwm_mb(pid) - before
     assert r.status_code == 413
     validate_error(r.json())
-    assert r.json()["error"]["code"] == "request_too_large" and "limits.max_request_bytes" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "request_too_large" and "bounds.max_request_bytes" in r.json()["error"]["message"]
     assert grown < (15 if framing == "content-length" else 45), f"peak RSS grew by {grown:.0f} MB"
     report.add(f"50 MB body ({framing}): 413, proxy peak RSS +{grown:.1f} MB")
 
@@ -248,7 +248,7 @@ def test_a_request_head_over_the_header_limit_is_a_431(quick):
 
 def test_past_the_connection_cap_new_connections_are_refused_at_once_and_counted(emulator, tmp_path):
     emu, key = emulator
-    p = start(tmp_path, emu.url, key, "limits: {max_connections: 5}\ntimeouts: {client_header_seconds: 30}\n")
+    p = start(tmp_path, emu.url, key, "bounds: {max_connections: 5}\ntimeouts: {client_header_seconds: 30}\n")
     try:
         t0 = time.monotonic()
         socks = [socket.create_connection(("127.0.0.1", p.reverse_port), timeout=5) for _ in range(45)]

@@ -81,13 +81,13 @@ def test_routing():
     assert d.route("anything").vertex_model == "claude-sonnet-4-5@20250929"
 
 
-def test_security_and_limits_keys_defaults_and_checks():
+def test_security_and_bounds_keys_defaults_and_checks():
     cfg = parse_config(BASE)
     assert (cfg.security.proxy_auth, cfg.security.allow_unauthenticated_proxy, cfg.security.forward_private_networks) \
         == (None, False, False)
     assert (cfg.timeouts.client_header_seconds, cfg.timeouts.client_idle_seconds) == (20.0, 20.0)
-    assert (cfg.limits.max_connections, cfg.limits.max_request_bytes, cfg.limits.max_upstream_bytes,
-            cfg.limits.max_header_bytes) == (None, 30 << 20, 64 << 20, 64 << 10)
+    assert (cfg.bounds.max_connections, cfg.bounds.max_request_bytes, cfg.bounds.max_upstream_bytes,
+            cfg.bounds.max_header_bytes) == (None, 30 << 20, 64 << 20, 64 << 10)
     auth = parse_config({**BASE, "security": {"proxy_auth": "relay:${PW}"}}, {"PW": "s3cret-pw"})
     assert auth.security.proxy_auth == "relay:s3cret-pw" and "s3cret-pw" not in repr(auth)
     assert parse_config({**BASE, "security": {"proxy_auth": "@/etc/modelmux.htpasswd"}}).security.proxy_auth
@@ -98,5 +98,5 @@ def test_security_and_limits_keys_defaults_and_checks():
     for key, value in [("client_header_seconds", 0), ("client_idle_seconds", -1)]:
         with pytest.raises(ConfigError, match=f"timeouts.{key}"):
             parse_config({**BASE, "timeouts": {key: value}})
-    with pytest.raises(ConfigError, match="limits.max_connectoins: unknown key"):
-        parse_config({**BASE, "limits": {"max_connectoins": 5}})
+    with pytest.raises(ConfigError, match="bounds.max_connectoins: unknown key"):
+        parse_config({**BASE, "bounds": {"max_connectoins": 5}})

@@ -156,7 +156,7 @@ def test_a_compression_bomb_is_refused_while_it_inflates():
             for _ in range(2):
                 resp = await post(client, srv.url)
                 tracemalloc.start()
-                with pytest.raises(BodyTooLarge, match="limits.max_upstream_bytes"):
+                with pytest.raises(BodyTooLarge, match="bounds.max_upstream_bytes"):
                     await resp.aread()
                 peaks.append(tracemalloc.get_traced_memory()[1])
                 tracemalloc.stop()
@@ -232,7 +232,7 @@ def test_https_verifies_the_server_and_streams_over_tls(tmp_path):
 
 def test_a_gzip_bomb_from_vertex_is_an_openai_502_and_the_proxy_never_holds_it(tmp_path):
     """A real `modelmux run` whose Vertex answers with 256 kB of gzip that inflate to 256 MiB, against
-    limits.max_upstream_bytes of 8 MiB (the default is 64 MiB): the client gets an OpenAI-shaped 502, and the
+    bounds.max_upstream_bytes of 8 MiB (the default is 64 MiB): the client gets an OpenAI-shaped 502, and the
     proxy's peak RSS grows by about the cap, not by the inflated body."""
     import json
     import re
@@ -271,7 +271,7 @@ def test_a_gzip_bomb_from_vertex_is_an_openai_502_and_the_proxy_never_holds_it(t
     config = tmp_path / "c.yaml"
     config.write_text(f"vertex: {{project: p, base_url: 'http://127.0.0.1:{port[0]}'}}\n"
                       "auth: {access_token: bomb-test-token}\nretries: {max_attempts: 1}\n"
-                      "limits: {max_upstream_bytes: 8388608}\n")
+                      "bounds: {max_upstream_bytes: 8388608}\n")
     listen = procs.free_port()
     proc = procs.Proc([str(procs.VENV_BIN / "modelmux"), "run", "--config", str(config), "--confdir",
                        str(tmp_path / "confdir"), "--mode", f"reverse:https://api.openai.com@{listen}"],

@@ -193,7 +193,7 @@ class StreamingConfig(_Strict):
         return self.mode
 
 
-class LimitsConfig(_Strict):
+class BoundsConfig(_Strict):
     """Bounds that keep one process safe to expose (docs/security.md)."""
 
     # connections a process holds at once; past it new ones are closed at accept. null: derived from the
@@ -219,7 +219,7 @@ class Config(_Strict):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     security: SecurityConfig = SecurityConfig()
-    limits: LimitsConfig = LimitsConfig()
+    bounds: BoundsConfig = BoundsConfig()
     dump: DumpConfig = DumpConfig()
     streaming: StreamingConfig = StreamingConfig()
 

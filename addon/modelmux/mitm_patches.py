@@ -161,7 +161,7 @@ def _heads() -> None:
 def header_overflow_response(limit: int) -> bytes:
     """431 for a request head over the limit, in OpenAI's error shape (it may be an API call: it cannot be told)."""
     body = json.dumps({"error": {"message": f"The request's headers are over {limit} bytes "
-                                            "(limits.max_header_bytes).", "type": "invalid_request_error",
+                                            "(bounds.max_header_bytes).", "type": "invalid_request_error",
                                  "param": None, "code": "request_header_fields_too_large"}}).encode()
     return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))

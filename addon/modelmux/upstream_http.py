@@ -23,7 +23,7 @@ import h11
 
 _READ_SIZE = 65536
 _MAX_IDLE_PER_ORIGIN = 256
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # config limits.max_upstream_bytes
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # config bounds.max_upstream_bytes
 _INFLATE_STEP = 1 << 20  # bytes of inflated output per zlib call
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's container formats: 31 = gzip header, 15 = zlib header
 
@@ -48,7 +48,7 @@ class BodyTooLarge(UpstreamError):
     """The answer's body, as read or once decompressed, is over the cap: it was not read further."""
 
     def __init__(self, limit: int):
-        super().__init__(f"Vertex AI's answer is larger than {limit} bytes (limits.max_upstream_bytes)")
+        super().__init__(f"Vertex AI's answer is larger than {limit} bytes (bounds.max_upstream_bytes)")
         self.limit = limit
 
 
@@ -187,7 +187,7 @@ def _length(headers: dict[str, str]) -> int:
 
 class UpstreamClient:
     # each answer's `aread` cap, unless the client or `post` is given another: the process's default, which
-    # addons/runtime.py keeps to the configuration's limits.max_upstream_bytes (a reload applies at once)
+    # addons/runtime.py keeps to the configuration's bounds.max_upstream_bytes (a reload applies at once)
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
 
     def __init__(self, cafile: str | None = None, *, max_body_bytes: int | None = None) -> None:

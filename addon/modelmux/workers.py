@@ -141,7 +141,7 @@ def accept_backlog(fds: int | None = None) -> int:
 
 
 def derived_max_connections(fds: int | None = None) -> int:
-    """The connection cap for `limits.max_connections: null`: every connection may hold FDS_PER_CONNECTION
+    """The connection cap for `bounds.max_connections: null`: every connection may hold FDS_PER_CONNECTION
     descriptors, besides FD_RESERVE and the sockets being accepted; at most MAX_AUTO_CONNECTIONS."""
     fds = fd_limit() if fds is None else fds
     room = fds - FD_RESERVE - ACCEPTED_IN_FLIGHT * accept_backlog(fds)

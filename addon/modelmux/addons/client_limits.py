@@ -6,12 +6,12 @@ Cases:
   being accepted, of its CONNECT being answered, or of its previous answer (an idle keep-alive connection) — is
   closed (slowloris: headers sent a byte at a time);
 - a request body that makes no progress for `timeouts.client_idle_seconds` gets its connection closed;
-- a request body of ours over `limits.max_request_bytes` (Vertex's 30 MB cap): 413 in OpenAI's shape, found from
+- a request body of ours over `bounds.max_request_bytes` (Vertex's 30 MB cap): 413 in OpenAI's shape, found from
   the content-length before the body is read, or while a chunked body arrives; either way its body is dropped
   as it arrives, not buffered — as is any body of a request whose answer was set before its body came (413,
   403, 407);
-- an HTTP/1 request head over `limits.max_header_bytes`: 431, connection closed;
-- past `limits.max_connections` open connections (default: derived from the file-descriptor limit, whose soft
+- an HTTP/1 request head over `bounds.max_header_bytes`: 431, connection closed;
+- past `bounds.max_connections` open connections (default: derived from the file-descriptor limit, whose soft
   value is raised to the hard one at start), new connections are closed at accept;
 - what was closed or refused is logged at most once per second per reason, with a count — never a line per
   connection (a flood must not become a flood of log lines).
@@ -188,17 +188,17 @@ class ClientLimits:
         snap = self.runtime.current
         if snap is None:
             return
-        timeouts, limits = snap.config.timeouts, snap.config.limits
+        timeouts, bounds = snap.config.timeouts, snap.config.bounds
         self.deadlines.header_seconds = timeouts.client_header_seconds
         self.deadlines.idle_seconds = timeouts.client_idle_seconds
         derived = workers.derived_max_connections(self.fd_limit)
-        self.gate.limit = limits.max_connections or derived
-        if limits.max_connections and limits.max_connections > derived and limits.max_connections != self._warned_cap:
-            log.warning("modelmux: limits.max_connections is %d, more than the file-descriptor limit (%d) leaves room "
-                        "for (%d): near it, connections fail with 'Too many open files'", limits.max_connections,
+        self.gate.limit = bounds.max_connections or derived
+        if bounds.max_connections and bounds.max_connections > derived and bounds.max_connections != self._warned_cap:
+            log.warning("modelmux: bounds.max_connections is %d, more than the file-descriptor limit (%d) leaves room "
+                        "for (%d): near it, connections fail with 'Too many open files'", bounds.max_connections,
                         self.fd_limit, derived)
-        self._warned_cap = limits.max_connections
-        mitm_patches.HOOKS.max_header_bytes = limits.max_header_bytes
+        self._warned_cap = bounds.max_connections
+        mitm_patches.HOOKS.max_header_bytes = bounds.max_header_bytes
 
     # connections
     def client_connected(self, client: connection.Client) -> None:
@@ -215,7 +215,7 @@ class ClientLimits:
         snap = self.runtime.current
         if flow.response or snap is None or not is_ours(flow, snap.intercept_hosts):
             return
-        limit = snap.config.limits.max_request_bytes
+        limit = snap.config.bounds.max_request_bytes
         declared = flow.request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             flow.response = _too_large(limit)  # its body is dropped as it arrives (on_body)
@@ -313,17 +313,17 @@ class ClientLimits:
                        "(timeouts.client_header_seconds)",
             "body": f"sent no request body for {d.idle_seconds:g} s (timeouts.client_idle_seconds)",
             "header_bytes": f"sent request headers over {mitm_patches.HOOKS.max_header_bytes} bytes, answered 431 "
-                            "(limits.max_header_bytes)",
+                            "(bounds.max_header_bytes)",
         }
         for reason, n in counts.items():
             if reason == "refused":
                 log.warning("modelmux: refused %d new connection(s) in the last second: %d open, the limit "
-                            "(limits.max_connections) is %s", n, self.gate.open, self.gate.limit)
+                            "(bounds.max_connections) is %s", n, self.gate.open, self.gate.limit)
             else:
                 log.warning("modelmux: closed %d connection(s) that %s", n, messages[reason])
 
 
 def _too_large(limit: int) -> http.Response:
     return error_response(OpenAIError(
-        413, f"Request too large: the body is over {limit} bytes (limits.max_request_bytes; Vertex AI accepts "
+        413, f"Request too large: the body is over {limit} bytes (bounds.max_request_bytes; Vertex AI accepts "
              "at most 30 MB per request).", "invalid_request_error", None, "request_too_large"))

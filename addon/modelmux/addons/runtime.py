@@ -46,7 +46,7 @@ class Runtime:
         snap = Snapshot(config=config, router=Router(config), tokens=tokens or TokenProvider(config.auth),
                         intercept_hosts=frozenset(config.intercept.hosts))
         self.relay.breaker.cfg = config.circuit_breaker
-        UpstreamClient.max_body_bytes = config.limits.max_upstream_bytes  # the relay's client reads it per answer
+        UpstreamClient.max_body_bytes = config.bounds.max_upstream_bytes  # the relay's client reads it per answer
         self.current = snap
         for follow in self.installed:
             follow(snap)
