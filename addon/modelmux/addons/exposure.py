@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 
 from mitmproxy import ctx, exceptions
@@ -103,6 +104,9 @@ class Exposure:
         if reason := problem(config.security, modes, host, auth):
             self._refused(reason)
             raise ConfigError(reason)
+        spec = config.security.proxy_auth or ""
+        if spec.startswith("@") and not os.access(os.path.expanduser(spec[1:]), os.R_OK):
+            raise ConfigError(f"security.proxy_auth: cannot read the htpasswd file {spec[1:]}")
 
     def _follow(self, snap: Snapshot) -> None:
         """A configuration installed: its security.proxy_auth becomes mitmproxy's proxyauth."""
@@ -115,12 +119,12 @@ class Exposure:
         self._warn()
 
     def _set_auth(self, value: str | None) -> None:
-        self._applied_auth = value
         try:
             ctx.options.update(proxyauth=value)
-        except exceptions.OptionsError as err:  # mitmproxy's own check of the spec (an htpasswd file missing …)
-            self._applied_auth = None
-            raise ConfigError(f"security.proxy_auth: {err}") from None
+        except exceptions.OptionsError as err:  # mitmproxy's own check of the spec: the previous one stays
+            log.error("modelmux: security.proxy_auth not applied: %s", err)
+            return
+        self._applied_auth = value
 
     def configure(self, updated) -> None:
         snap = self.runtime.current
