@@ -269,3 +269,22 @@ def test_a_region_that_would_change_the_vertex_hostname_is_refused(key, bad):
     with pytest.raises(ConfigError) as err:
         parse_config({"vertex": vertex})
     assert f"vertex.{key}" in str(err.value) and "not a Vertex AI region" in str(err.value)
+def test_security_and_bounds_keys_defaults_and_checks():
+    cfg = parse_config(BASE)
+    assert (cfg.security.proxy_auth, cfg.security.allow_unauthenticated_proxy, cfg.security.forward_private_networks) \
+        == (None, False, False)
+    assert (cfg.timeouts.client_header_seconds, cfg.timeouts.client_idle_seconds) == (20.0, 20.0)
+    assert (cfg.bounds.max_connections, cfg.bounds.max_request_bytes, cfg.bounds.max_upstream_bytes,
+            cfg.bounds.max_header_bytes) == (None, 30 << 20, 64 << 20, 64 << 10)
+    auth = parse_config({**BASE, "security": {"proxy_auth": "relay:${PW}"}}, {"PW": "s3cret-pw"})
+    assert auth.security.proxy_auth == "relay:s3cret-pw" and "s3cret-pw" not in repr(auth)
+    assert parse_config({**BASE, "security": {"proxy_auth": "@/etc/modelmux.htpasswd"}}).security.proxy_auth
+    for bad, fragment in [("any", "no authentication"), ("user", "user:password"), ("user:", "user:password"),
+                          (":pw", "user:password")]:
+        with pytest.raises(ConfigError, match=fragment):
+            parse_config({**BASE, "security": {"proxy_auth": bad}})
+    for key, value in [("client_header_seconds", 0), ("client_idle_seconds", -1)]:
+        with pytest.raises(ConfigError, match=f"timeouts.{key}"):
+            parse_config({**BASE, "timeouts": {key: value}})
+    with pytest.raises(ConfigError, match="bounds.max_connectoins: unknown key"):
+        parse_config({**BASE, "bounds": {"max_connectoins": 5}})

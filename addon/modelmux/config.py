@@ -226,6 +226,10 @@ class TimeoutsConfig(_Strict):
     first_byte_seconds: float = Field(default=120.0, gt=0)  # until Vertex's response headers
     idle_seconds: float = Field(default=120.0, gt=0)  # the longest silence between two streamed events
     # no total limit: a long answer streams as long as it keeps moving
+    # the client side (docs/security.md): a request's headers must be complete this long after the connection (or
+    # the previous answer) — else it is closed; a request body must make progress at least this often
+    client_header_seconds: float = Field(default=20.0, gt=0)
+    client_idle_seconds: float = Field(default=20.0, gt=0)
 
 
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # it names Redis keys and metric labels
@@ -284,7 +288,26 @@ class SecurityConfig(_Strict):
     # the accepted `Authorization: Bearer` keys as plain strings (empty: any client is served), whichever form
     # each entry was written in; `clients` has the full entries (name, limits)
     client_keys: tuple[str, ...] = Field(default=(), repr=False)
+    # HTTP proxy authentication for forwarding listeners (regular, socks5), as mitmproxy's `proxyauth`: "user:pass",
+    # "@/path/to/htpasswd" or an "ldap[s]:…" spec; never logged (docs/security.md)
+    proxy_auth: str | None = Field(default=None, repr=False)
+    # a forwarding listener on a non-loopback address without proxy authentication starts only with this (warning)
+    allow_unauthenticated_proxy: bool = False
+    # exposed forwarding listeners never connect to loopback, link-local or private addresses unless this is set
+    forward_private_networks: bool = False
     _clients: tuple[ClientKey, ...] = PrivateAttr(default=())
+
+    @field_validator("proxy_auth")
+    @classmethod
+    def _auth_spec(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value == "any":
+            raise ValueError('"any" accepts every user: it is no authentication (use allow_unauthenticated_proxy)')
+        user, sep, password = value.partition(":")
+        if not (value.startswith(("@", "ldap:", "ldaps:")) or (sep and user and password)):
+            raise ValueError('must be "user:password", "@/path/to/htpasswd" or an "ldap[s]:…" spec')
+        return value
 
     @model_validator(mode="wrap")
     @classmethod
@@ -442,6 +465,17 @@ class StreamingConfig(_Strict):
         return self.mode
 
 
+class BoundsConfig(_Strict):
+    """Bounds that keep one process safe to expose (docs/security.md)."""
+
+    # connections a process holds at once; past it new ones are closed at accept. null: derived from the
+    # file-descriptor limit (RLIMIT_NOFILE), each connection counting for the 4 descriptors a stream may use
+    max_connections: int | None = Field(default=None, ge=1)
+    max_request_bytes: int = Field(default=30 * 1024 * 1024, ge=1)  # a client's request body (Vertex's cap: 413)
+    max_upstream_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # Vertex's answer, after decompression (502)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # an HTTP/1 request head (431)
+
+
 class DumpConfig(_Strict):
     path: str | None = None  # JSON lines of every translated exchange (`modelmux run --dump FILE` does the same)
 
@@ -457,6 +491,7 @@ class Config(_Strict):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     security: SecurityConfig = SecurityConfig()
+    bounds: BoundsConfig = BoundsConfig()
     dump: DumpConfig = DumpConfig()
     streaming: StreamingConfig = StreamingConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()

@@ -35,8 +35,8 @@ from . import __version__
 from .auth import AuthError, TokenProvider
 from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 from .translate.errors import (OpenAIError, credentials_unavailable, retry_after_seconds, upstream_broken,
-                               upstream_timeout, upstream_unreachable)
-from .upstream_http import ConnectTimeout, FirstByteTimeout, IdleTimeout, Response, UpstreamClient, UpstreamError
+                               upstream_timeout, upstream_too_large, upstream_unreachable)
+from .upstream_http import BodyTooLarge, ConnectTimeout, FirstByteTimeout, IdleTimeout, Response, UpstreamClient, UpstreamError
 from .upstream_policy import ANSWERED, RETRYABLE_STATUS, TIMED_OUT, UNREACHABLE, CircuitBreaker, RetryPolicy, classify
 
 log = logging.getLogger("modelmux")
@@ -164,7 +164,7 @@ class Relay:
             try:
                 body = await resp.aread()
             except UpstreamError as err:
-                plan.outcome.error = upstream_broken(f"{type(err).__name__}: {err}")
+                plan.outcome.error = _read_failure(err)
                 return None
             finally:
                 await resp.aclose()
@@ -262,7 +262,7 @@ class Relay:
                 try:
                     await resp.aread()  # an error answer: kept whole, it may become the final one
                 except UpstreamError as err:
-                    outcome.error = upstream_broken(f"{type(err).__name__}: {err}")
+                    outcome.error = _read_failure(err)
                 finally:
                     await resp.aclose()
                 answer = resp if outcome.error is None else None
@@ -282,6 +282,12 @@ class Relay:
             if step.delay:
                 await asyncio.sleep(step.delay)
             region = step.region
+
+
+def _read_failure(err: UpstreamError) -> OpenAIError:
+    if isinstance(err, BodyTooLarge):
+        return upstream_too_large(err.limit)
+    return upstream_broken(f"{type(err).__name__}: {err}")
 
 
 def _passed_headers(resp: Response, *, decoded: bool) -> dict[str, str]:

@@ -6,7 +6,7 @@ Cases:
   previous configuration when it was a change).
 - no configuration at all: an error is logged and modelmux stays inactive (mitmproxy passes every flow
   through untouched), as mitmproxy's own addons do when their option is unset.
-- the file changes while running (checked every second): reloaded without a restart; requests in flight finish
+- the file changes while running (checked twice a second): reloaded without a restart; requests in flight finish
   on the configuration they started with, the next ones use the new one; an invalid edit — including a dump path
   that cannot be opened — is refused with a log line naming the problem and the previous configuration (and
   dump file) stays; nothing an edit does stops the watching (`--set modelmux_watch=false` turns it off);
@@ -28,7 +28,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("modelmux")
 
-WATCH_INTERVAL = 1.0  # seconds between looks at the config file
+WATCH_INTERVAL = 0.5  # seconds between looks at the config file: an edit applies within a second
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -81,7 +81,9 @@ class ConfigLoader:
                               ) from None
 
     def _apply(self, config: Config, path: str) -> None:
-        """Make `config` the current one. Raises ConfigError, with nothing changed, when its dump cannot be opened."""
+        """Make `config` the current one. Raises ConfigError, with nothing changed, when an addon's check refuses it
+        (e.g. an exposed listener without auth) or its dump cannot be opened."""
+        self.runtime.check(config)
         self._open_dump(ctx.options.modelmux_dump or config.dump.path)
         old = self.runtime.current
         # same credentials: keep the token provider and its cached token (no refresh just for a reload)

@@ -60,6 +60,11 @@ def upstream_broken(detail: str) -> OpenAIError:
                        None, "bad_upstream_response")
 
 
+def upstream_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(502, f"Vertex AI's answer is larger than modelmux accepts ({limit} bytes, decoded; the setting "
+                            "bounds.max_upstream_bytes).", "server_error", None, "upstream_answer_too_large")
+
+
 def credentials_unavailable(detail: str) -> OpenAIError:
     """No Google token at all (the token endpoint or the credentials failed): the operator's to fix, not the app's."""
     return OpenAIError(502, f"modelmux could not get a Google access token for Vertex AI: {detail} — check "
