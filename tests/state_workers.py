@@ -11,6 +11,15 @@ from modelmux.state.base import StoreSettings, StoredResponse
 RACE_SETTINGS = StoreSettings(timeout=5.0, connect_timeout=2.0)  # a loaded 2-core machine: no spurious outage
 
 
+def _report(main: Any, out: Any) -> None:
+    """The child's result, or why it has none: the parent fails with the cause, not with a queue time-out."""
+    try:
+        out.put(asyncio.run(main()))
+    except BaseException as err:
+        out.put(RuntimeError(f"child failed: {type(err).__name__}: {err}"))
+        raise
+
+
 def make_store(kind: str, target: str, settings: StoreSettings = RACE_SETTINGS) -> Any:
     if kind == "sqlite":
         from modelmux.state.sqlite import SQLiteStore
@@ -33,7 +42,7 @@ def race(kind: str, target: str, prefix: str, rounds: int, barrier: Any, out: An
         finally:
             await store.close()
         return wins
-    out.put(asyncio.run(main()))
+    _report(main, out)
 
 
 def drain(kind: str, target: str, key: str, attempts: int, barrier: Any, out: Any) -> None:
@@ -49,7 +58,7 @@ def drain(kind: str, target: str, key: str, attempts: int, barrier: Any, out: An
         finally:
             await store.close()
         return allowed
-    out.put(asyncio.run(main()))
+    _report(main, out)
 
 
 def put_response(kind: str, target: str, response_id: str, out: Any) -> None:

@@ -73,7 +73,7 @@ def test_pain13_pain21_thinking_survives_the_tool_loop(client, setup, stream):
 
 def test_pain7_image_urls_are_fetched_and_inlined(client, setup):
     _, emu = setup
-    with image_server() as base:
+    with image_server() as (base, _):
         c = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": [
             {"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": f"{base}/cat.png"}}]}])
     assert c.choices[0].message.content == "You said: describe"
@@ -81,7 +81,7 @@ def test_pain7_image_urls_are_fetched_and_inlined(client, setup):
     import base64
     assert image["source"] == {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG).decode()}
     with pytest.raises(openai.BadRequestError) as err:
-        with image_server() as base:
+        with image_server() as (base, _):
             client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": f"{base}/mislabelled"}}]}])
     assert "not a PNG" in err.value.message

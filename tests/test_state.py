@@ -382,6 +382,9 @@ def _run_children(target_fn, args_list):
         p.start()
     try:
         results = [out.get(timeout=120) for _ in procs]
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
     finally:
         for p in procs:
             p.join(30)

@@ -112,9 +112,14 @@ class ConfigLoader:
             return
         self._stamp = stamp
         try:
-            self._apply(load_config(self.path), self.path)
+            config = load_config(self.path)
         except ConfigError as err:
             log.error("modelmux: %s changed but is invalid, keeping the previous configuration: %s", self.path, err)
+            return
+        try:
+            self._apply(config, self.path)
+        except ConfigError as err:  # valid, but refused: an addon's check, or a dump file that cannot be opened
+            log.error("modelmux: %s changed but is refused, keeping the previous configuration: %s", self.path, err)
             return
         log.info("modelmux: reloaded %s", self.path)
 
