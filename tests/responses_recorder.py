@@ -137,13 +137,16 @@ def find_calls(text: str) -> list[tuple[str, dict | None]]:
 
 
 def tool_index(tools: list[dict]) -> dict[str, dict]:
-    """name → tool (namespaced tools under their own name and under namespace + name)."""
+    """name → tool. A namespace's tools go under their own name and under the flat name modelmux gives them
+    (`ns__name`, or `ns` + name when ns already ends in `__`), so one trigger drives both."""
     out = {}
     for tool in tools or []:
         if tool.get("type") == "namespace":
+            ns = tool.get("name") or ""
             for inner in tool.get("tools") or []:
-                out[inner.get("name")] = {**inner, "namespace": tool.get("name")}
-                out[f"{tool.get('name')}{inner.get('name')}"] = {**inner, "namespace": tool.get("name")}
+                entry = {**inner, "namespace": ns}
+                out[inner.get("name")] = entry
+                out[(ns if ns.endswith("__") else ns + "__") + str(inner.get("name"))] = entry
         elif "name" in tool:
             out[tool["name"]] = tool
     return out
@@ -190,7 +193,10 @@ def answer_items(body: dict) -> list[dict]:
     text = last_user_text(body)
     calls = find_calls(text)
     if calls:
-        tools = tool_index(body.get("tools"))
+        # Codex's code mode lists its tools in an `additional_tools` input item rather than in `tools`
+        extra_tools = [t for item in body.get("input") or [] if isinstance(item, dict)
+                       and item.get("type") == "additional_tools" for t in item.get("tools") or []]
+        tools = tool_index((body.get("tools") or []) + extra_tools)
         items = [message_item("I will call " + ", ".join(name for name, _ in calls) + ".")]
         for name, given in calls:
             tool = tools.get(name)
@@ -235,7 +241,7 @@ def build_response(body: dict, items: list[dict], created_at: int) -> dict:
         "previous_response_id": body.get("previous_response_id"), "reasoning": body.get("reasoning"),
         "store": body.get("store", True), "text": text, "truncation": body.get("truncation", "disabled"),
         "max_output_tokens": body.get("max_output_tokens"), "background": False,
-        "service_tier": "default", "user": body.get("user"), "prompt_cache_key": body.get("prompt_cache_key"),
+        "service_tier": "default", **{k: body[k] for k in ("user", "prompt_cache_key") if body.get(k)},
         "usage": {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                   "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                   "total_tokens": in_tokens + out_tokens},
@@ -249,7 +255,8 @@ def stream_events(response: dict) -> list[dict]:
     def emit(kind: str, **fields: Any) -> None:
         events.append({"type": kind, "sequence_number": len(events), **fields})
 
-    opening = {**response, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
+    opening = {k: v for k, v in response.items() if k != "usage"}
+    opening.update(status="in_progress", output=[], completed_at=None)
     emit("response.created", response=opening)
     emit("response.in_progress", response=opening)
     for index, item in enumerate(response["output"]):
