@@ -11,6 +11,7 @@ modelmux.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +49,20 @@ def responses_target(via: str, tmp: Path):
             yield Target(via, Proxy(mitm, port, rec.server.server_address[1], confdir), recorder=rec)
         finally:
             mitm.stop()
+
+
+def call(name: str, args: dict) -> str:
+    """The prompt trigger that makes the fake model (the emulator's, and the recorder's) call tool `name` with
+    exactly `args`."""
+    return f"[[call:{name} {json.dumps(args)}]]"
+
+
+def per_response(events: list[dict]) -> list[list[dict]]:
+    """A run's raw events split into one stream per model call (each starts with response.created)."""
+    streams: list[list[dict]] = []
+    for event in events:
+        if event["type"] == "response.created":
+            streams.append([])
+        assert streams, f"an event before response.created: {event['type']}"
+        streams[-1].append(event)
+    return streams

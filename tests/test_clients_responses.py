@@ -29,18 +29,13 @@ import agents_driver
 import codex
 from e2e import CLIENT_KEY, CLIENT_KINDS_VIA_PROXY, openai_client, use_client_env
 from openapi import validate, validate_response, validate_responses_events, validate_responses_sse
-from responses_targets import responses_target
+from responses_targets import call, per_response, responses_target
 
 pytestmark = pytest.mark.responses_api
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                           "additionalProperties": False}, "strict": True}
-
-
-def call(name: str, args: dict) -> str:
-    """The trigger that makes the fake model call tool `name` with exactly `args`."""
-    return f"[[call:{name} {json.dumps(args)}]]"
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +52,6 @@ def kind(request):
 @pytest.fixture
 def client(kind, target, monkeypatch):
     return openai_client(kind, target.proxy, monkeypatch)
-
-
-def per_response(events: list[dict]) -> list[list[dict]]:
-    """A run's raw events split into one stream per model call (each starts with response.created)."""
-    streams: list[list[dict]] = []
-    for event in events:
-        if event["type"] == "response.created":
-            streams.append([])
-        assert streams, f"an event before response.created: {event['type']}"
-        streams[-1].append(event)
-    return streams
 
 
 def as_json(obj) -> dict:

@@ -9,12 +9,13 @@
 //   plus "apiKey" and "steps": [{"op": ..., "params": {...}}, ...] with op one of
 //     vercel_generate   generateText({model: openai(params.model), prompt, providerOptions})
 //     vercel_followup   generateText, then generateText with that turn's response.messages + params.followup
-//     vercel_stream     streamText(...): the fullStream parts' types, the text, finish reason
+//     vercel_stream     streamText(...): the fullStream parts' types, the raw Responses events, text, finish reason
 //     vercel_tool       generateText with params.tool = {name, returns} (input {city}) and stopWhen
 //                       stepCountIs(params.maxSteps ?? 3): each call answers `${returns} ${city}`
 //     vercel_stream_tool  the same through streamText
 //     agents_run        @openai/agents Agent (+ params.tool as above) run(agent, input)
-//     agents_stream     the same with {stream: true}: event kinds, streamed text, final output
+//     agents_stream     the same with {stream: true}: event kinds, the raw Responses events, streamed text,
+//                       final output
 // Prints {"node", "versions", "results": [...]}: per step {"ok": ...} or {"error": {...}}.
 
 import { readFileSync } from 'node:fs';
@@ -72,13 +73,17 @@ const ops = {
 
   async vercel_stream(ctx, params) {
     const result = streamText({ model: ctx.provider(params.model), prompt: params.prompt,
-                                providerOptions: params.providerOptions, maxRetries: 0,
+                                providerOptions: params.providerOptions, maxRetries: 0, includeRawChunks: true,
                                 onError: ({ error }) => { ctx.streamError = describe(error); } });
     const parts = [];
-    for await (const part of result.fullStream) parts.push(part.type);
+    const events = []; // the Responses events as the SDK parsed them off the wire
+    for await (const part of result.fullStream) {
+      if (part.type === 'raw') events.push(part.rawValue);
+      else parts.push(part.type);
+    }
     if (ctx.streamError) throw Object.assign(new Error(ctx.streamError.message), { detail: ctx.streamError });
-    return { parts, text: await result.text, finishReason: await result.finishReason, usage: await result.usage,
-             response: { id: (await result.response).id } };
+    return { parts, events, text: await result.text, finishReason: await result.finishReason,
+             usage: await result.usage, response: { id: (await result.response).id } };
   },
 
   async vercel_tool(ctx, params, stream = false) {
@@ -121,15 +126,18 @@ const ops = {
     }
     const result = await run(agent, params.input, { stream: true, maxTurns: params.maxTurns ?? 4 });
     const kinds = {};
+    const events = []; // the Responses events of every model call, as the SDK received them
     let text = '';
     for await (const event of result) {
       const kind = event.type === 'raw_model_stream_event' ? `raw:${event.data.type}` : event.type;
       kinds[kind] = (kinds[kind] ?? 0) + 1;
-      if (event.type === 'raw_model_stream_event' && event.data.type === 'output_text_delta') text += event.data.delta;
+      if (event.type !== 'raw_model_stream_event') continue;
+      if (event.data.type === 'output_text_delta') text += event.data.delta;
+      if (event.data.type === 'model') events.push(event.data.event);
     }
     await result.completed;
     if (result.error) throw result.error;
-    return { finalOutput: result.finalOutput, items: result.newItems.map((i) => i.type), kinds, text,
+    return { finalOutput: result.finalOutput, items: result.newItems.map((i) => i.type), kinds, text, events,
              responses: result.rawResponses.length };
   },
 
