@@ -13,7 +13,7 @@ upgrade attempts included. It answers:
   NAME." and a call of tool NAME with that input (a `function_call`, or for a `custom` tool a
   `custom_tool_call` whose input is the JSON's "input" string); after tool outputs → "Tool results: " + the
   outputs joined by " | "; `text.format` json_schema → a JSON value the schema accepts ("<name>-value"
-  strings).
+  strings); an input ending in `compaction_trigger` (Codex's remote compaction) → one `compaction` item.
 - `GET /v1/responses` with `Upgrade: websocket`: refused as `ws_refusal` says — "404" (JSON error), "426"
   (Upgrade Required), "405", "close" (the connection is closed without an answer) — or "accept": the handshake
   is completed and each `response.create` text frame is recorded and answered with the same events as frames.
@@ -186,7 +186,16 @@ def message_item(text: str) -> dict:
             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
 
 
+def compaction_item(body: dict) -> dict:
+    """What the fake "summarises" a conversation into: the input, base64'd (opaque to the client, as OpenAI's)."""
+    summary = base64.b64encode(json.dumps(body.get("input", ""))[:4096].encode()).decode()
+    return {"type": "compaction", "id": new_id("cmp"), "encrypted_content": summary}
+
+
 def answer_items(body: dict) -> list[dict]:
+    items = body.get("input")
+    if isinstance(items, list) and items and items[-1].get("type") == "compaction_trigger":
+        return [compaction_item(body)]  # Codex's remote compaction v2 wants exactly one compaction item
     outputs = trailing_outputs(body)
     if outputs:
         return [message_item("Tool results: " + " | ".join(outputs))]
@@ -289,6 +298,8 @@ def stream_events(response: dict) -> list[dict]:
                 emit("response.custom_tool_call_input.delta", item_id=iid, output_index=index,
                      delta=value[start:start + 16])
             emit("response.custom_tool_call_input.done", item_id=iid, output_index=index, input=value)
+        else:  # compaction: no deltas, added whole
+            emit("response.output_item.added", output_index=index, item=item)
         emit("response.output_item.done", output_index=index, item=item)
     emit("response.completed", response=response)
     return events
@@ -423,10 +434,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def compact(self, rec: Record, body: dict) -> None:
-        summary = base64.b64encode(json.dumps(body.get("input", ""))[:4096].encode()).decode()
         self.send_json(rec, 200, {"id": new_id("cmp"), "object": "response.compaction", "created_at": int(time.time()),
-                                  "output": [{"type": "compaction", "id": new_id("cmp"), "encrypted_content": summary}],
-                                  "usage": build_response(body, [], 0)["usage"]})
+                                  "output": [compaction_item(body)], "usage": build_response(body, [], 0)["usage"]})
 
     def stored_response(self, rec: Record, rid: str, items: bool) -> None:
         with self.state.lock:
