@@ -128,6 +128,13 @@ def test_calls_without_outputs_get_a_synthesized_error_result():
     assert turns(c)[-1] == ("user", ["tool_result", "text"])
 
 
+def test_a_late_developer_message_between_a_call_and_its_output_keeps_them_paired():
+    c = call({"input": [{"role": "user", "content": "go"}, fc("call_1"), {"role": "developer", "content": "note"},
+                        out("call_1", "done")]})
+    assert turns(c) == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result", "text"])]
+    assert c.body["messages"][2]["content"][0]["content"] == "done"
+
+
 def test_tool_outputs_with_content_parts():
     c = call({"input": [{"role": "user", "content": "go"}, fc("call_1"),
                         {"type": "function_call_output", "call_id": "call_1",
@@ -207,6 +214,9 @@ def test_names_and_namespaces_are_sanitised_and_restored():
     assert [(o["name"], o.get("namespace")) for o in answer["output"]] == [("github.search", None), ("read", "mcp__fs")]
     assert answer["output"][1]["arguments"] == '{"p": "/"}'
     validate(answer, "Response")
+    codex = call({"tools": [{"type": "namespace", "name": "mcp__demo__", "description": "Demo",
+                             "tools": [{"type": "function", "name": "echo"}]}], "input": "x"})
+    assert codex.body["tools"][0]["name"] == "mcp__demo__echo"  # Codex's namespaces end in __ already
 
 
 def test_builtin_tools_are_a_400_naming_them_unless_dropped():

@@ -386,7 +386,10 @@ class _Tools:
     echo: list[dict[str, Any]] = field(default_factory=list)
 
     def claude_name(self, name: str, namespace: str | None) -> str:
-        return claude_tool_name(f"{namespace}__{name}" if namespace else name)
+        """`namespace__name` (Codex's MCP namespaces already end in `__`: `mcp__fs__` + `read`)."""
+        if not namespace:
+            return claude_tool_name(name)
+        return claude_tool_name(namespace + ("" if namespace.endswith("_") else "__") + name)
 
 
 class _Conversation:
@@ -407,11 +410,14 @@ class _Conversation:
 
     # turns
 
-    def user(self, blocks: list[dict[str, Any]]) -> None:
+    def user(self, blocks: list[dict[str, Any]], closes_round: bool = True) -> None:
+        """A user message closes the round of calls before it; a late system message does not (the outputs
+        that follow it still answer their calls, and go first in the turn)."""
         if not blocks:
             return
         self._drop_bare_thinking()
-        self.close_round()
+        if closes_round:
+            self.close_round()
         if self.turns and self.turns[-1]["role"] == "user":
             self.turns[-1]["content"].extend(blocks)
         else:
@@ -512,7 +518,7 @@ class _Conversation:
         elif not self.turns:
             self.system.extend(blocks)
         else:  # in place, as the user's: the prefix before it stays byte-identical for Claude's cache
-            self.user([{**b, "text": f"<{m.role}>\n{b['text']}\n</{m.role}>"} for b in blocks])
+            self.user([{**b, "text": f"<{m.role}>\n{b['text']}\n</{m.role}>"} for b in blocks], closes_round=False)
         return {"id": m.id or ids.new_id(ids.MESSAGE), "type": "message", "role": m.role, "status": "completed",
                 "content": parts}
 
