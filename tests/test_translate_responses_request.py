@@ -18,6 +18,7 @@ PDF = "data:application/pdf;base64,JVBERi0xLjQK"
 
 def call(body, *, model=MODEL, version=V1, **kw):
     kw.setdefault("key", KEY)
+    kw.setdefault("created_at", 1700000000)
     req = parse_responses_request(json.dumps({"model": "gpt-5", **body}).encode())
     return to_vertex_body(req, model, version, **kw)
 
@@ -394,7 +395,7 @@ def test_bad_fields_are_a_400_naming_them(body, param):
     if raw["model"] is None:
         del raw["model"]
     with pytest.raises(OpenAIError) as info:
-        to_vertex_body(parse_responses_request(json.dumps(raw).encode()), MODEL, V1, key=KEY)
+        to_vertex_body(parse_responses_request(json.dumps(raw).encode()), MODEL, V1, key=KEY, created_at=1)
     assert info.value.status == 400 and info.value.param == param, info.value.message
 
 
@@ -436,6 +437,8 @@ def test_echoed_fields_make_a_valid_response():
             r["prompt_cache_key"], r["truncation"], r["model"]) == (
         "I", {"a": "b"}, 0.5, 0.9, 500, False, "u", "none", False, {"effort": "low", "summary": "concise"},
         "default", "k", "auto", "gpt-5")
+    assert r["created_at"] == 1700000000 and r["id"].startswith("resp_") and len(r["id"]) == 55
+    assert r["id"] != call({"input": "x"}).shape.response_id
 
 
 # --- reasoning across turns ---------------------------------------------------------------------------------
@@ -504,7 +507,7 @@ def test_reasoning_sent_by_value_without_its_blob_is_taken_from_the_store():
             "input": [{"role": "user", "content": "q"}, bare, *stored[1:], out(stored[2]["call_id"])]}
     req = parse_responses_request(json.dumps({"model": "gpt-5", **body}).encode())
     assert references(req) == [stored[0]["id"]]
-    c = to_vertex_body(req, MODEL, V1, key=KEY, resolved={stored[0]["id"]: stored[0]})
+    c = to_vertex_body(req, MODEL, V1, key=KEY, resolved={stored[0]["id"]: stored[0]}, created_at=1)
     assert c.body["messages"][1]["content"][:2] == [THOUGHT, REDACTED]
     assert c.input_items[1]["encrypted_content"] == stored[0]["encrypted_content"]
 
@@ -516,12 +519,12 @@ def test_item_references_are_resolved_by_the_caller():
                       {"id": stored[1]["id"]}, stored[2], out(stored[2]["call_id"])]}
     req = parse_responses_request(json.dumps({"model": "gpt-5", **body}).encode())
     assert references(req) == [stored[0]["id"], stored[1]["id"]]
-    c = to_vertex_body(req, MODEL, V1, key=KEY, resolved={i["id"]: i for i in stored})
+    c = to_vertex_body(req, MODEL, V1, key=KEY, resolved={i["id"]: i for i in stored}, created_at=1)
     assert turns(c) == [("user", ["text"]), ("assistant", ["thinking", "redacted_thinking", "text", "tool_use"]),
                         ("user", ["tool_result"])]
     assert [i["id"] for i in c.input_items[1:3]] == [stored[0]["id"], stored[1]["id"]]
     with pytest.raises(OpenAIError) as info:
-        to_vertex_body(req, MODEL, V1, key=KEY, resolved={})
+        to_vertex_body(req, MODEL, V1, key=KEY, resolved={}, created_at=1)
     assert info.value.param == "input[1].id" and info.value.code == "item_not_found"
 
 

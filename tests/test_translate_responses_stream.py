@@ -183,6 +183,20 @@ def test_any_split_of_the_upstream_bytes_gives_the_same_output(cuts, crlf):
     assert normalized(split.decode()) == whole
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(RAW)), max_size=20))
+def test_coalescing_merges_a_feeds_deltas_and_changes_nothing_else(cuts):
+    """Streaming mode `buffered`: whatever one feed holds of a block's deltas leaves as one delta event."""
+    cuts = sorted(set(cuts))
+    t = ResponsesStreamTranslator(shape(**RICH_SHAPE), coalesce=True)
+    out = b"".join(t.feed(RAW[a:b]) for a, b in zip([0, *cuts], [*cuts, len(RAW)])) + t.finish()
+    validate_responses_sse(out)
+    plain, p = run([RAW], **RICH_SHAPE)
+    assert normalized(json.dumps(t.response)) == normalized(json.dumps(p.response))
+    if not cuts:  # all in one feed: one delta per block
+        assert kinds(out, collapse=False) == kinds(plain)
+
+
 MESSAGES = [
     {"content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn"},
     {"content": [{"type": "thinking", "thinking": "t1", "signature": "s1"}, {"type": "text", "text": "a"},

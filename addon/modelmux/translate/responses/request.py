@@ -943,10 +943,12 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
                    history: list[dict[str, Any]] = (), resolved: dict[str, dict[str, Any]] | None = None,
                    web_search: bool = False, drop_builtin_tools: bool = False,
                    thinking_for: ThinkingLookup | None = None, response_id: str | None = None,
-                   created_at: int = 0) -> ResponsesCall:
+                   created_at: int) -> ResponsesCall:
     """Translate a validated request. `key` seals and opens reasoning/compaction blobs (None: none are made,
     and ours cannot be opened); `web_search`: Claude's web search is enabled on this deployment;
-    `drop_builtin_tools`: OpenAI built-in tools are dropped (listed in dropped_tools) instead of a 400."""
+    `drop_builtin_tools`: OpenAI built-in tools are dropped (listed in dropped_tools) instead of a 400;
+    `thinking_for`: chat's thinking cache, for tool loops whose reasoning the client did not send back;
+    `created_at`: when the request arrived (seconds); `response_id`: minted when not given."""
     tools = _tools(req, web_search, drop_builtin_tools)
     conv = _Conversation(key, resolved or {}, tools)
     conv.ttl = "1h" if req.prompt_cache_retention == "24h" else None

@@ -254,7 +254,7 @@ def to_response(msg: dict[str, Any], shape: ResponseShape) -> Answer:
         output[-1]["status"] = "incomplete"
     usage = responses_usage(msg.get("usage"))
     stored = response_object(shape, status, output, usage, None, incomplete)
-    client = stored if shape.include_encrypted else {**stored, "output": public_items(output, False)}
+    client = {**stored, "output": public_items(output, shape.include_encrypted)}
     return Answer(response=client, stored=stored)
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..errors import OpenAIError, from_stream_error
 from ..response import json_answer, usage as chat_usage
-from ..stream import _event_data
+from ..stream import _event_data, _extend
 from . import ids
 from .response import (THINKING_TYPES, ResponseShape, call_item, compaction_item, custom_input, message_item,
                        output_text, public_items, reasoning_item, response_error, response_object,
@@ -71,6 +71,8 @@ def _parse(data: bytes) -> Any:
 def _compact(obj: Any) -> str:
     return _dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
+
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 # what an upstream content block feeds
 _TEXT, _THINKING, _TOOL, _JSON, _SEARCH, _SUMMARY, _OTHER = range(7)
@@ -122,8 +124,9 @@ class _Search:
 
 
 class ResponsesStreamTranslator:
-    def __init__(self, shape: ResponseShape):
+    def __init__(self, shape: ResponseShape, coalesce: bool = False):
         self.shape = shape
+        self.coalesce = coalesce  # streaming mode `buffered`: a feed's consecutive deltas of a block → one event
         self._buf = b""
         self._seq = 0
         self._started = False
@@ -232,6 +235,7 @@ class ResponsesStreamTranslator:
 
     def _render(self, events: list[bytes]) -> bytes:
         parts: list[str] = []
+        held: dict[str, Any] | None = None  # coalescing: a delta that later ones of its block extend
         for raw in events:
             data = _event_data(raw)
             if data is None:
@@ -243,6 +247,15 @@ class ResponsesStreamTranslator:
                 if not self._started and kind in ("message_start", "content_block_start", "content_block_delta",
                                                   "message_delta", "message_stop"):
                     self._start(parts)
+                if self.coalesce:
+                    if kind == "content_block_delta" and _extend(held, event):
+                        continue
+                    if held is not None:
+                        self._delta(held, parts)
+                        held = None
+                    if kind == "content_block_delta" and isinstance(event.get("delta"), dict):
+                        held = event
+                        continue
                 if kind == "content_block_delta":
                     self._delta(event, parts)
                 elif kind == "content_block_start":
@@ -260,11 +273,19 @@ class ResponsesStreamTranslator:
                 elif kind == "error":
                     self._fail(from_stream_error(event), parts)
                     break
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
-                self._fail(OpenAIError(502, f"Vertex AI sent an unreadable stream event: {type(err).__name__}",
-                                       "server_error", None, "bad_upstream_event"), parts)
+            except _UNREADABLE as err:
+                self._unreadable(err, parts)
                 break
+        if held is not None and not (self.done or self.failed):
+            try:
+                self._delta(held, parts)
+            except _UNREADABLE as err:
+                self._unreadable(err, parts)
         return self._out(parts)
+
+    def _unreadable(self, err: Exception, parts: list[str]) -> None:
+        self._fail(OpenAIError(502, f"Vertex AI sent an unreadable stream event: {type(err).__name__}",
+                               "server_error", None, "bad_upstream_event"), parts)
 
     def _event(self, kind: str, body: str) -> str:
         """One SSE event; `body` is the JSON members after type and sequence_number, each led by a comma."""
