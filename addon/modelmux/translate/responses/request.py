@@ -749,7 +749,7 @@ def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tool
                     _add_custom(out, _validate(_CustomTool, inner, where), ns, where)
                 else:
                     raise invalid_request("A namespace holds function and custom tools only.", param=where + ".type")
-            out.echo.append(tool)
+            out.echo.append({"description": "", **tool})
         elif kind in WEB_SEARCH_TYPES:
             ws = _validate(_WebSearchTool, tool, param)
             if not web_search:
@@ -762,13 +762,12 @@ def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tool
                 raise invalid_request("Only one web search tool may be given.", param=param + ".type")
             else:
                 _add_web_search(out, ws, req.max_tool_calls, param)
-            out.echo.append(tool)
+                out.echo.append(tool)
         elif kind in BUILTIN_TOOLS:
             if not drop_builtin:
                 raise invalid_request(f"The '{kind}' tool is one of OpenAI's built-in tools, which Claude on Vertex "
                                       "does not have.", param=param + ".type", code="unsupported_parameter")
-            out.dropped.append(kind)
-            out.echo.append(tool)
+            out.dropped.append(kind)  # not echoed either: the Response lists the tools in effect
         else:
             raise invalid_request(f"Invalid value: '{kind}'. Supported tool types are function, custom, namespace "
                                   "and (when enabled) web_search.", param=param + ".type", code="invalid_value")
