@@ -296,6 +296,16 @@ def test_keepalive_starts_the_stream_then_repeats_in_progress():
     assert t.keepalive() == b"" and t.start() == b""
 
 
+def test_keepalive_in_the_middle_of_a_long_thinking_block():
+    t = ResponsesStreamTranslator(shape())
+    block = thinking_block(0, "a", "b")
+    out = t.start() + t.feed(sse(START, *block[:2])) + t.keepalive() + t.keepalive() + t.feed(
+        sse(*block[2:], *text_block(1, "x"), *stop()))
+    events = validate_responses_sse(out)
+    assert [e["type"] for e in events].count("response.in_progress") == 3
+    assert events[-1]["response"]["output"][0]["summary"][0]["text"] == "ab"
+
+
 def test_a_text_delta_without_its_block_start_opens_a_message():
     out, _ = run([sse(START, {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}},
                       {"type": "message_stop"})])
