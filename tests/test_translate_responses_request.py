@@ -44,6 +44,11 @@ def test_string_input_and_instructions():
     assert c.input_items[0]["id"].startswith("msg_") and c.store and not c.stream
 
 
+def test_the_sealing_key_never_shows_in_a_repr():
+    c = call({"input": "x"})
+    assert c.shape.key == KEY and KEY.hex() not in repr(c) and repr(KEY) not in repr(c)
+
+
 def test_leading_system_and_developer_messages_join_system_later_ones_stay_in_place():
     c = call({"instructions": "I", "input": [
         {"role": "developer", "content": "D"}, {"role": "system", "content": [{"type": "input_text", "text": "S"}]},

@@ -55,7 +55,7 @@ class ResponseShape:
     summary: bool = False  # thinking text → reasoning summary parts (reasoning.summary asked)
     include_encrypted: bool = False  # include: reasoning.encrypted_content
     include_sources: bool = False  # include: web_search_call.action.sources
-    key: Keys | None = None  # seals reasoning and compaction items
+    key: Keys | None = field(default=None, repr=False)  # seals reasoning and compaction items; never logged
     compaction: bool = False  # the answer is a conversation summary → one compaction item
 
 
