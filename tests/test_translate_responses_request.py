@@ -5,9 +5,10 @@ from openapi import validate
 
 from modelmux.translate.errors import OpenAIError
 from modelmux.translate.request import NO_RESULT_TEXT, claude_tool_name
-from modelmux.translate.responses.request import (COMPACTION_PROMPT, conversation_items, parse_responses_request,
-                                                  references, to_vertex_body)
-from modelmux.translate.responses.response import seal_summary, seal_thinking, to_response, unseal_summary
+from modelmux.translate.responses.request import (COMPACTION_PROMPT, as_compaction, conversation_items,
+                                                  parse_responses_request, references, to_vertex_body)
+from modelmux.translate.responses.response import (compact_resource, seal_summary, seal_thinking, to_response,
+                                                   unseal_summary)
 
 KEY = bytes(range(32))
 MODEL = "claude-sonnet-4-5@20250929"
@@ -593,6 +594,20 @@ def test_a_compaction_trigger_asks_claude_for_the_summary():
     validate(answer.response, "Response")
     later = call({"input": [item, {"role": "user", "content": "continue"}]})
     assert "Summary: X." in later.body["messages"][0]["content"][0]["text"]
+
+
+def test_the_compact_endpoint_is_the_same_request_with_a_trigger():
+    raw = json.dumps({"model": "gpt-5", "instructions": "sys", "input": [
+        {"role": "user", "content": "long talk"}, {"role": "assistant", "content": "ok"}]}).encode()
+    req = as_compaction(parse_responses_request(raw))
+    c = to_vertex_body(req, MODEL, V1, key=KEY, created_at=5)
+    assert c.compaction and not c.stream and c.body["messages"][-1]["content"][-1]["text"] == COMPACTION_PROMPT
+    resource = compact_resource(to_response({"content": [{"type": "text", "text": "S"}], "stop_reason": "end_turn",
+                                             "usage": {"input_tokens": 9, "output_tokens": 2}}, c.shape))
+    validate(resource, "CompactResource")
+    assert resource["object"] == "response.compaction" and resource["output"][0]["type"] == "compaction"
+    assert resource["created_at"] == 5 and resource["usage"]["input_tokens"] == 9
+    assert as_compaction(parse_responses_request(b'{"model": "m", "input": "hi"}')).input[0]["content"] == "hi"
 
 
 def test_web_search_call_items_are_kept_for_the_record_only():

@@ -240,6 +240,14 @@ def conversation_items(chain: list[tuple[list[dict[str, Any]], dict[str, Any]]])
     return out
 
 
+def as_compaction(req: ResponsesRequest) -> ResponsesRequest:
+    """`POST /v1/responses/compact` as the request it stands for: the same input, then a compaction_trigger
+    (Codex's remote compaction v2 sends exactly that to /v1/responses); not streamed."""
+    items = [{"type": "message", "role": "user", "content": req.input}] if isinstance(req.input, str) else list(
+        req.input or [])
+    return req.model_copy(update={"input": [*items, {"type": "compaction_trigger"}], "stream": False})
+
+
 def _item_type(item: Any) -> str | None:
     if not isinstance(item, dict):
         return None
@@ -1104,4 +1112,4 @@ def _auto_breakpoints(system: list[dict[str, Any]], turns: list[dict[str, Any]],
 
 
 __all__ = ["ResponsesRequest", "ResponsesCall", "parse_responses_request", "references", "to_vertex_body",
-           "conversation_items", "OpenAIError"]
+           "conversation_items", "as_compaction", "OpenAIError"]

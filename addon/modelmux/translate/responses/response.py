@@ -125,6 +125,13 @@ def _retry_seconds(err: OpenAIError) -> int:
         return 1
 
 
+def compact_resource(answer: Answer) -> dict[str, Any]:
+    """`POST /v1/responses/compact`'s answer (CompactResource) from the answer to a compaction request."""
+    r = answer.response
+    return {"id": r["id"], "object": "response.compaction", "output": r["output"], "created_at": r["created_at"],
+            "usage": r.get("usage") or responses_usage(None)}
+
+
 def without_encrypted(response: dict[str, Any]) -> dict[str, Any]:
     """A copy of a (stored) Response whose reasoning items carry no encrypted_content: the client's view when
     `include` did not ask for it (also for GET /v1/responses/{id})."""
