@@ -688,6 +688,7 @@ class _FunctionTool(_Strict):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    defer_loading: bool | None = None
 
 
 class _TextFormatParam(_Strict):
@@ -705,6 +706,7 @@ class _CustomTool(_Strict):
     name: str = Field(min_length=1)
     description: str | None = None
     format: dict[str, Any] | None = None
+    defer_loading: bool | None = None
 
 
 class _NamespaceTool(_Strict):
@@ -726,6 +728,8 @@ class _WebSearchTool(_Strict):
     type: Literal["web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11"]
     filters: dict[str, Any] | None = None
     user_location: _Location | None = None
+    external_web_access: bool = True  # false: Codex's "cached" mode; Claude's search is always live
+    search_context_size: Literal["low", "medium", "high"] = "medium"
 
 
 WEB_SEARCH_TYPES = ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11")
@@ -742,10 +746,10 @@ def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tool
         kind = tool.get("type")
         if kind == "function":
             _add_function(out, _validate(_FunctionTool, tool, param), None, param)
-            out.echo.append({"parameters": None, "strict": None, **tool})
+            out.echo.append({"parameters": None, "strict": None, **_given(tool)})
         elif kind == "custom":
             _add_custom(out, _validate(_CustomTool, tool, param), None, param)
-            out.echo.append(tool)
+            out.echo.append(_given(tool))
         elif kind == "namespace":
             ns = _validate(_NamespaceTool, tool, param)
             for j, inner in enumerate(ns.tools):
@@ -757,7 +761,7 @@ def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tool
                     _add_custom(out, _validate(_CustomTool, inner, where), ns, where)
                 else:
                     raise invalid_request("A namespace holds function and custom tools only.", param=where + ".type")
-            out.echo.append({"description": "", **tool})
+            out.echo.append({"description": "", **_given(tool)})
         elif kind in WEB_SEARCH_TYPES:
             ws = _validate(_WebSearchTool, tool, param)
             if not web_search:
@@ -770,7 +774,7 @@ def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tool
                 raise invalid_request("Only one web search tool may be given.", param=param + ".type")
             else:
                 _add_web_search(out, ws, req.max_tool_calls, param)
-                out.echo.append(tool)
+                out.echo.append(_given(tool))
         elif kind in BUILTIN_TOOLS:
             if not drop_builtin:
                 raise invalid_request(f"The '{kind}' tool is one of OpenAI's built-in tools, which Claude on Vertex "
@@ -780,6 +784,11 @@ def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tool
             raise invalid_request(f"Invalid value: '{kind}'. Supported tool types are function, custom, namespace "
                                   "and (when enabled) web_search.", param=param + ".type", code="invalid_value")
     return out
+
+
+def _given(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool as the Response echoes it: what the client set (nulls for "not set" left out)."""
+    return {k: v for k, v in tool.items() if v is not None}
 
 
 def _register(out: _Tools, kind: str, name: str, ns: _NamespaceTool | None, param: str) -> str:
@@ -880,9 +889,9 @@ def _tool_choice(req: ResponsesRequest, tools: _Tools) -> dict[str, Any] | None:
             raise invalid_request("allowed_tools needs mode (auto or required) and a list of tools.",
                                   param="tool_choice")
         keep: set[str] = set()
-        for t in listed:
-            if not isinstance(t, dict):
-                continue
+        for j, t in enumerate(listed):
+            if not isinstance(t, dict) or not isinstance(t.get("type"), str):
+                raise invalid_request("Each allowed tool is an object with a type.", param=f"tool_choice.tools[{j}]")
             if t.get("type") in ("function", "custom") and isinstance(t.get("name"), str):
                 claude = tools.by_client.get((t["type"], t["name"]))
                 keep.update([claude] if claude else [])
