@@ -443,3 +443,40 @@ def test_golden_web_search_answer():
     out, _ = run([sse(*events, *stop())], summary=False)
     validate_responses_sse(out)
     assert kinds(out) == order
+
+
+# --- any upstream sequence: the output is always a valid stream ---------------------------------------------
+
+BLOCK_STARTS = [{"type": "text", "text": ""}, {"type": "text", "text": "pre"},
+                {"type": "thinking", "thinking": "", "signature": ""}, {"type": "redacted_thinking", "data": "R"},
+                {"type": "tool_use", "id": "toolu_F", "name": "f", "input": {}},
+                {"type": "tool_use", "id": "toolu_P", "name": "apply_patch", "input": {}},
+                {"type": "tool_use", "id": "toolu_J", "name": "json_response", "input": {}},
+                {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}},
+                {"type": "web_search_tool_result", "tool_use_id": "srv_1", "content": []},
+                {"type": "mcp_tool_use", "id": "m"}]
+DELTAS = [{"type": "text_delta", "text": "t"}, {"type": "thinking_delta", "thinking": "h"},
+          {"type": "signature_delta", "signature": "s"}, {"type": "input_json_delta", "partial_json": '{"input": "a'},
+          {"type": "input_json_delta", "partial_json": '"}'}, {"type": "input_json_delta", "partial_json": ""},
+          {"type": "citations_delta", "citation": {"type": "web_search_result_location", "url": "https://a.example/",
+                                                   "title": "A"}}]
+UPSTREAM_EVENT = st.one_of(
+    st.builds(lambda i, b: {"type": "content_block_start", "index": i, "content_block": b},
+              st.integers(0, 3), st.sampled_from(BLOCK_STARTS)),
+    st.builds(lambda i, d: {"type": "content_block_delta", "index": i, "delta": d},
+              st.integers(0, 3), st.sampled_from(DELTAS)),
+    st.builds(lambda i: {"type": "content_block_stop", "index": i}, st.integers(0, 3)),
+    st.sampled_from([START, {"type": "ping"}, {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}},
+                     {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}},
+                     {"type": "message_stop"}, {"type": "error", "error": {"type": "overloaded_error"}}]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(UPSTREAM_EVENT, max_size=25), st.booleans(), st.booleans(), st.booleans())
+def test_any_upstream_sequence_gives_a_valid_stream(events, json_mode, compaction, coalesce):
+    t = ResponsesStreamTranslator(shape(custom_tools=frozenset({"apply_patch"}), include_sources=True,
+                                        json_tool="json_response" if json_mode else None, compaction=compaction),
+                                  coalesce=coalesce)
+    out = t.feed(sse(*events)) + t.finish()
+    validate_responses_sse(out)
+    assert (t.done or t.failed) and t.response is not None

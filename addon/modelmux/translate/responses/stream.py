@@ -94,12 +94,13 @@ class _Message:
 
 
 class _Reasoning:
-    __slots__ = ("index", "id", "blocks", "summaries")
+    __slots__ = ("index", "id", "blocks", "summaries", "open_summary")
 
     def __init__(self, index: int, item_id: str):
         self.index, self.id = index, item_id
         self.blocks: list[dict[str, Any]] = []
         self.summaries = 0
+        self.open_summary: tuple[int, dict[str, Any]] | None = None  # (summary_index, its thinking block)
 
 
 class _Call:
@@ -135,7 +136,7 @@ class ResponsesStreamTranslator:
         self._stop_reason: str | None = None
         self._usage: dict[str, Any] = {}
         self._output: list[dict[str, Any]] = []  # finished items, stored form, in output order
-        self._open: _Message | _Reasoning | _Search | None = None  # the item still taking blocks
+        self._open: _Message | _Reasoning | _Call | _Search | None = None  # the one item not yet done
         self._blocks: dict[int, list[Any]] = {}  # upstream index → [kind, state, …]
         self._thinking: list[dict[str, Any]] = []  # kept for the tool loop (see kept_thinking)
         self._first_tool_id: str | None = None
@@ -320,10 +321,15 @@ class ResponsesStreamTranslator:
         if item is None:
             return
         self._open = None
-        if isinstance(item, _Message):
+        # blocks still feeding it (only a malformed stream interleaves blocks) no longer do
+        self._blocks = {k: v for k, v in self._blocks.items() if len(v) < 2 or v[1] is not item}
+        if isinstance(item, _Call):
+            self._finish_call(item, parts, status)
+        elif isinstance(item, _Message):
             self._close_part(item, parts)
             self._done(message_item(item.id, item.closed, status), parts)
         elif isinstance(item, _Reasoning):
+            self._close_summary(item, parts)
             self._done(reasoning_item(item.id, item.blocks, self.shape, status), parts)
         else:  # a web search whose result never came
             self._done(web_search_item(item.id, _search_query(item.fragments), None, self.shape), parts)
@@ -384,6 +390,16 @@ class ResponsesStreamTranslator:
         self._added(item.index, {"id": item.id, "type": "reasoning", "summary": []}, parts)
         return item
 
+    def _close_summary(self, item: _Reasoning, parts: list[str]) -> None:
+        if item.open_summary is None:
+            return
+        index, block = item.open_summary
+        item.open_summary = None
+        text = block["thinking"]
+        parts.append(self._summary_event("response.reasoning_summary_text.done", item, index, ',"text":' + _enc(text)))
+        parts.append(self._summary_event("response.reasoning_summary_part.done", item, index,
+                                         ',"part":' + _compact({"type": "summary_text", "text": text})))
+
     def _summary_event(self, kind: str, item: _Reasoning, index: int, body: str) -> str:
         return self._event(kind, f',"item_id":"{item.id}","output_index":{item.index},"summary_index":{index}{body}')
 
@@ -412,8 +428,10 @@ class ResponsesStreamTranslator:
             self._thinking.append(kept)
             summary = None
             if shape.summary:
+                self._close_summary(item, parts)  # one summary part open at a time
                 summary = item.summaries
                 item.summaries += 1
+                item.open_summary = (summary, kept)
                 parts.append(self._summary_event("response.reasoning_summary_part.added", item, summary,
                                                  ',"part":{"type":"summary_text","text":""}'))
                 if kept["thinking"]:
@@ -440,6 +458,7 @@ class ResponsesStreamTranslator:
                          cb.get("id") or "", name, custom)
             self._added(call.index, call_item(call.id, call.call_id, name, None, shape, "in_progress",
                                               arguments=""), parts)
+            self._open = call
             self._blocks[index] = [_TOOL, call]
         elif btype == "server_tool_use" and cb.get("name") == "web_search":
             self._close_open(parts)
@@ -513,8 +532,9 @@ class ResponsesStreamTranslator:
         elif dtype == "thinking_delta" and kind == _THINKING:
             text = delta.get("thinking") or ""
             block[2]["thinking"] += text
-            if text and block[3] is not None:
-                parts.append(self._summary_event("response.reasoning_summary_text.delta", block[1], block[3],
+            item = block[1]
+            if text and item.open_summary is not None and item.open_summary[1] is block[2]:
+                parts.append(self._summary_event("response.reasoning_summary_text.delta", item, block[3],
                                                  ',"delta":' + _enc(text)))
         elif dtype == "signature_delta" and kind == _THINKING:
             block[2]["signature"] += delta.get("signature") or ""
@@ -526,12 +546,8 @@ class ResponsesStreamTranslator:
         if block is None:
             return
         kind = block[0]
-        if kind == _THINKING and block[3] is not None:
-            item, text = block[1], block[2]["thinking"]
-            parts.append(self._summary_event("response.reasoning_summary_text.done", item, block[3],
-                                             ',"text":' + _enc(text)))
-            parts.append(self._summary_event("response.reasoning_summary_part.done", item, block[3],
-                                             ',"part":' + _compact({"type": "summary_text", "text": text})))
+        if kind == _THINKING and block[1].open_summary is not None and block[1].open_summary[1] is block[2]:
+            self._close_summary(block[1], parts)
         elif kind == _TEXT and block[3]:
             msg = block[1]
             end = sum(map(len, msg.texts))
@@ -542,18 +558,21 @@ class ResponsesStreamTranslator:
                                          f',"annotation_index":{len(msg.annotations)},"annotation":{_compact(note)}'))
                 msg.annotations.append(note)
         elif kind == _TOOL:
-            self._finish_call(block[1], parts)
+            self._close_open(parts)  # the call is the open item: its block is the only one feeding it
         elif kind == _JSON and self.shape.json_wrapped:
             text = "".join(block[2])
             block[2] = []
             self._text(block[1], json_answer(_loads(text) if text.strip() else {}, True), parts)
 
-    def _finish_call(self, call: _Call, parts: list[str]) -> None:
+    def _finish_call(self, call: _Call, parts: list[str], status: str) -> None:
         where = f',"item_id":"{call.id}","output_index":{call.index}'
         raw = "".join(call.fragments)
         if call.custom:
-            text = custom_input(_loads(raw) if raw.strip() else {})
             sent = "".join(call.streamed)
+            try:
+                text = custom_input(_loads(raw) if raw.strip() else {})
+            except ValueError:  # cut off mid-input (a failed stream): what arrived
+                text = sent
             if text != sent and text.startswith(sent):  # the decoder held some back, or fell behind
                 self._call_delta(call, text[len(sent):], parts)
             parts.append(self._event("response.custom_tool_call_input.done", where + ',"input":' + _enc(text)))
@@ -565,7 +584,7 @@ class ResponsesStreamTranslator:
             parts.append(self._event("response.function_call_arguments.done",
                                      where + ',"name":' + _enc(self.shape.tool_names.get(call.name, call.name))
                                      + ',"arguments":' + _enc(raw)))
-        self._done(call_item(call.id, call.call_id, call.name, None, self.shape, arguments=text), parts)
+        self._done(call_item(call.id, call.call_id, call.name, None, self.shape, status, arguments=text), parts)
 
     def _call_delta(self, call: _Call, text: str, parts: list[str]) -> None:
         n = self._seq
