@@ -32,8 +32,12 @@ the Vercel AI SDK drop comments before the application sees them; a repeated `re
 event that every one of them passes over (openai-python's stream helper only snapshots `response.created`,
 Vercel reads only its id/model, Codex ignores the type).
 
-Hot path: text, argument and thinking deltas are rendered from per-item prefixes with the C string encoder;
-the full Response is rendered only at the start and the end.
+With `coalesce=True` (streaming mode `buffered`) consecutive deltas of one block within one `feed` leave as one
+delta event, as in chat. Blocks that arrive out of order (a malformed stream) still give a valid stream: a new
+item closes the one before it, and deltas for a closed item are dropped (text opens a new message).
+
+Hot path: text, argument and thinking deltas are rendered from per-item prefixes with the C string encoder,
+events parsed with the C JSON scanner; the full Response is rendered only at the start and the end.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def _compact(obj: Any) -> str:
     return _dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 
 # what an upstream content block feeds
 _TEXT, _THINKING, _TOOL, _JSON, _SEARCH, _SUMMARY, _OTHER = range(7)
