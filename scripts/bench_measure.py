@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from modelmux.translate.sse import EventSplitter
+
 # one content event: a Vertex text delta, or an OpenAI chunk whose delta has non-empty content (not the role chunk)
 VERTEX_CONTENT = re.compile(rb'"type":\s*"text_delta"')
 OPENAI_CONTENT = re.compile(rb'"content":\s*"[^"]')
@@ -73,16 +75,14 @@ class SSEReader:
     def __init__(self, vertex: bool, t0: float | None = None):
         self._content = VERTEX_CONTENT if vertex else OPENAI_CONTENT
         self._end = VERTEX_END if vertex else OPENAI_END
-        self._buf = b""
+        self._events = EventSplitter()
         self._t0 = t0
         self.content = 0
         self.arrivals: list[float] = []  # ms after t0, one per content event
         self.ended = False
 
     def feed(self, chunk: bytes) -> None:
-        frames = (self._buf + chunk).split(b"\n\n")
-        self._buf = frames.pop()  # an incomplete frame waits for the next read
-        for frame in frames:
+        for frame in self._events.feed(chunk):  # an incomplete frame waits for the next read
             if self._content.search(frame):
                 self.content += 1
                 if self._t0 is not None:

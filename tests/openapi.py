@@ -6,15 +6,20 @@ The spec is OpenAPI 3.1 with some 3.0-style `nullable: true`; those are rewritte
 
 from __future__ import annotations
 
+import array
+import base64
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import referencing
 import yaml
+
+from modelmux.translate import sse
 
 SPEC_PATH = Path(os.environ.get("OPENAI_OPENAPI_SPEC", Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.yaml"))
 
@@ -64,18 +69,32 @@ def validate_chunk(body: Any) -> None:
     validate(body, "CreateChatCompletionStreamResponse")
 
 
+def validate_embeddings(body: Any) -> list[list[float]]:
+    """Validate a `CreateEmbeddingResponse`; returns the vectors as floats. The spec types `embedding` as floats
+    only; with `encoding_format: base64` OpenAI sends a base64 string of little-endian float32 instead, which is
+    decoded here the way openai-python decodes it (array("f")) before the body is validated."""
+    if isinstance(body, (bytes, str)):
+        body = json.loads(body)
+    decoded = json.loads(json.dumps(body))
+    for item in decoded.get("data") or []:
+        if isinstance(item, dict) and isinstance(item.get("embedding"), str):
+            raw = base64.b64decode(item["embedding"], validate=True)
+            assert len(raw) % 4 == 0, f"data[{item.get('index')}]: {len(raw)} bytes is not a float32 vector"
+            floats = array.array("f", raw)
+            if sys.byteorder == "big":
+                floats.byteswap()
+            item["embedding"] = floats.tolist()
+    validate(decoded, "CreateEmbeddingResponse")
+    return [item["embedding"] for item in decoded["data"]]
+
+
 def validate_error(body: Any) -> None:
     validate(body, "ErrorResponse")
 
 
 def sse_payloads(raw: bytes) -> list[str]:
-    """The `data:` payloads of an SSE body, in order."""
-    out = []
-    for event in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[5:].lstrip() for ln in event.split(b"\n") if ln.startswith(b"data:")]
-        if lines:
-            out.append(b"\n".join(lines).decode())
-    return out
+    """The `data:` payloads of an SSE body, in order (modelmux's one SSE parser)."""
+    return [data for _, data in sse.events(raw)]
 
 
 def validate_openai_sse(raw: bytes) -> list[dict]:

@@ -126,10 +126,31 @@ def test_metrics_count_what_was_served(client, setup):
         return after.get(key, 0) - before.get(key, 0)
 
     mode = "proxy" if client.base_url.host == "api.openai.com" else "reverse"
-    assert delta("modelmux_requests_total", model="gpt-4o", status="200", mode=mode, stream="false") == 1
-    assert delta("modelmux_requests_total", model="gpt-4o", status="200", mode=mode, stream="true") == 1
+    assert delta("modelmux_requests_total", api="chat", model="gpt-4o", status="200", mode=mode, stream="false") == 1
+    assert delta("modelmux_requests_total", api="chat", model="gpt-4o", status="200", mode=mode, stream="true") == 1
     assert delta("modelmux_tokens_total", model="gpt-4o", kind="output") == 5 + 4  # "You said: …" word tokens
     assert delta("modelmux_request_duration_seconds_count", model="gpt-4o", stream="true") == 1
     assert delta("modelmux_time_to_first_chunk_seconds_count", model="gpt-4o") == 1
     assert after[("modelmux_active_streams", ())] == 0
     assert ("modelmux_upstream_retries_total", ()) in after and after[("modelmux_token_refreshes_total", ())] >= 1
+
+
+def test_client_chosen_model_names_never_become_metric_labels(client, setup):
+    """Names not in models.map (served by models.default, or claude-… ids used as is) are counted as `other`:
+    3000 random names must not grow /metrics forever."""
+    proxy, _ = setup
+
+    def ask(names):
+        for name in names:
+            client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+
+    ask(["random-model-0", "claude-haiku-4-5@20251001"])  # the "other" series exist from here on
+    before = scrape(proxy)
+    names = [f"random-model-{i}" for i in range(1, 21)] + ["claude-opus-4-5@20251101"]
+    ask(names)
+    after = scrape(proxy)
+    assert not any(name in str(labels) for (_, labels) in after for name in names)
+    assert set(after) == set(before)  # not one new series: every new name is `other`
+    mode = "proxy" if client.base_url.host == "api.openai.com" else "reverse"
+    other = (("api", "chat"), ("mode", mode), ("model", "other"), ("status", "200"), ("stream", "false"))
+    assert after[("modelmux_requests_total", other)] - before[("modelmux_requests_total", other)] == 21

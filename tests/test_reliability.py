@@ -17,6 +17,7 @@ import report
 from e2e import CLIENT_KEY, start_proxy
 
 ASK = [{"role": "user", "content": "alpha beta gamma delta"}]
+KEYS: list = []  # the emulator's service-account key file
 ANSWER = "You said: alpha beta gamma delta"
 
 
@@ -55,6 +56,7 @@ timeouts: {{connect_seconds: 2, first_byte_seconds: 1.5, idle_seconds: 1.0}}
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliability")
     emu_proc, url, key = procs.emulator(tmp)
+    KEYS[:] = [key]
     proxies = {}
     try:
         for name, fallback in (("single", False), ("failover", True)):
@@ -77,6 +79,20 @@ def faults(env):
     f.clear()
     yield f
     f.clear()
+
+
+@pytest.fixture
+def fresh(env, tmp_path):
+    """A new failover proxy for one test: its circuits start closed whatever earlier tests did (no waiting for a
+    cooldown on the wall clock; the cooldown itself is tested with a fake clock in test_upstream_policy.py)."""
+    faults, proxies = env
+    cfg = tmp_path / "fresh.yaml"
+    cfg.write_text(config_text(faults.http.base_url, KEYS[0], True))
+    p = start_proxy("modelmux-run", cfg, tmp_path / "conf")
+    proxies["fresh"] = p
+    yield p
+    p.proc.stop()
+    del proxies["fresh"]
 
 
 def client(env, name, cls=openai.OpenAI):
@@ -117,10 +133,9 @@ def test_pain23_pain24_server_errors_fail_over_to_the_next_region(env, faults, s
     assert faults.stats()["model_requests"].get("global") == 2
 
 
-def test_pain24_the_circuit_breaker_sends_new_requests_straight_to_the_healthy_region(env, faults):
-    time.sleep(2.1)  # a circuit opened by an earlier test has cooled down
+def test_pain24_the_circuit_breaker_sends_new_requests_straight_to_the_healthy_region(env, faults, fresh):
     faults.add({"match": {"location": "us-east5"}, "action": "status", "status": 503, "count": None})
-    c = client(env, "failover")
+    c = client(env, "fresh")
     for _ in range(3):  # three failures in the window open us-east5's circuit
         assert c.chat.completions.create(model="gpt-4o", messages=ASK).choices[0].message.content == ANSWER
     before = faults.stats()["model_requests"]["us-east5"]
@@ -128,10 +143,6 @@ def test_pain24_the_circuit_breaker_sends_new_requests_straight_to_the_healthy_r
         chunks = list(c.chat.completions.create(model="gpt-4o", messages=ASK, stream=True))
         assert chunks[-1].choices[0].finish_reason == "stop"
     assert faults.stats()["model_requests"]["us-east5"] == before  # skipped while open
-    time.sleep(2.1)  # cooldown: one trial goes to us-east5 again
-    faults.clear()
-    c.chat.completions.create(model="gpt-4o", messages=ASK)
-    assert faults.stats()["model_requests"] == {"us-east5": 1}
 
 
 def test_pain23_unreachable_and_dropped_connections_are_openai_errors(env, faults):
@@ -188,11 +199,10 @@ def test_pain25_a_client_that_leaves_cancels_the_upstream_call(env, faults):
     assert time.monotonic() - left < 2  # cancelled, not streamed on to the end (~6 s more)
 
 
-async def test_fault_suite_64_concurrent_streams(env, faults):
+async def test_fault_suite_64_concurrent_streams(env, faults, fresh):
     """64 concurrent streams while the emulator injects 429 bursts, 500/529, mid-stream errors, truncated
     streams and stalls: every stream either completes with the exact text, or fails with the error that names
     its cause — none garbled, none silently truncated."""
-    time.sleep(2.1)
     faults.add(
         {"match": {"location": "us-east5"}, "action": "status", "status": 429, "count": 24, "array": True},
         {"match": {"location": "us-east5"}, "action": "status", "status": 500, "count": 6},
@@ -202,7 +212,7 @@ async def test_fault_suite_64_concurrent_streams(env, faults):
         {"match": {"stream": True}, "action": "stall", "after_events": 3, "ms": 2500, "count": 2},
     )
     faults.pace(5)
-    api = client(env, "failover", cls=openai.AsyncOpenAI)
+    api = client(env, "fresh", cls=openai.AsyncOpenAI)
 
     async def one(i: int) -> tuple[str, str]:
         words = " ".join(f"s{i}w{j}" for j in range(12))
@@ -244,7 +254,7 @@ async def test_fault_suite_64_concurrent_streams(env, faults):
     assert set(failures) <= {"overloaded_error", "stream_truncated", "timeout_error"}, failures
     assert sum(failures.values()) <= 4 + 4 + 2
     assert completed + left >= 64 - 10 and left >= 1 and upstream > 64
-    relay = health(env, "failover")["relay"]
+    relay = health(env, "fresh")["relay"]
     assert relay["active_calls"] == 0 and relay["pending_plans"] == 0  # nothing left behind
 
 
@@ -273,7 +283,8 @@ def test_token_endpoint_outage(tmp_path):
                             max_retries=0, timeout=30)
         with pytest.raises(openai.InternalServerError) as err:
             api.chat.completions.create(model="gpt-4o", messages=ASK, stream=True)
-        assert "could not authenticate to Vertex AI" in err.value.message
+        assert "could not get a Google access token" in err.value.message
+        assert err.value.status_code == 502 and err.value.body["code"] == "vertex_auth_failed"
         validate_error({"error": err.value.body})
     finally:
         proxy.proc.stop()

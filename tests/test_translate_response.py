@@ -47,7 +47,7 @@ def test_google_429_array_gzip_without_retry_after():
 def test_other_upstream_errors_keep_their_meaning():
     cases = [
         (400, b'{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too big"}}', 400, "max_tokens: too big"),
-        (401, b'{"error":{"code":401,"message":"bad creds","status":"UNAUTHENTICATED"}}', 401, "credentials"),
+        (401, b'{"error":{"code":401,"message":"bad creds","status":"UNAUTHENTICATED"}}', 502, "credentials"),
         (403, b'{"error":{"code":403,"message":"denied","status":"PERMISSION_DENIED"}}', 403, "roles/aiplatform.user"),
         (404, b'{"error":{"code":404,"message":"Publisher Model not found","status":"NOT_FOUND"}}', 404, "us-east5"),
         (529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', 503, "Overloaded"),
@@ -57,6 +57,18 @@ def test_other_upstream_errors_keep_their_meaning():
         err = from_upstream(status, raw, {}, model="claude-x@1", region="us-east5")
         validate_error(err.body())
         assert err.status == want and fragment in err.message, (status, err)
+
+
+def test_vertex_auth_errors_name_vertex_not_the_apps_openai_key():
+    """A Vertex 401/403 is about modelmux's Google identity: `invalid_api_key` would make the SDK (and Codex) tell
+    the user their OpenAI key is wrong, and a 401 would make Codex try to log in again."""
+    err = from_upstream(401, b'{"error":{"code":401,"message":"bad creds","status":"UNAUTHENTICATED"}}', {})
+    assert (err.status, err.type, err.code) == (502, "server_error", "vertex_auth_failed")
+    assert "auth.credentials_file" in err.message and "not your OpenAI key" in err.message
+    err = from_upstream(403, b'{"error":{"code":403,"message":"denied","status":"PERMISSION_DENIED"}}', {})
+    assert (err.status, err.type, err.code) == (403, "permission_error", "vertex_permission_denied")
+    assert "roles/aiplatform.user" in err.message
+    validate_error(err.body())
 
 
 def test_stream_error_event():

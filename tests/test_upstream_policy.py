@@ -4,7 +4,7 @@ exercised end to end in tests/test_reliability.py)."""
 import random
 
 from modelmux.config import CircuitBreakerConfig, RetryConfig
-from modelmux.upstream import CircuitBreaker, backoff_delay
+from modelmux.upstream_policy import CircuitBreaker, backoff_delay
 
 
 def test_pain24_backoff_is_exponential_with_full_jitter_and_honours_retry_after():
@@ -54,3 +54,97 @@ def test_failures_outside_the_window_do_not_add_up():
     clock.now += 6
     b.failure("eu")
     assert not b.is_open("eu")
+
+
+# --- RetryPolicy: the next step after each attempt -------------------------------------------------------------
+
+from modelmux.upstream_policy import (ANSWERED, NOT_IN_REGION, RETRYABLE_STATUS, TIMED_OUT, UNAUTHORIZED,  # noqa: E402
+                                      UNREACHABLE, RetryPolicy)
+
+BREAKER = CircuitBreakerConfig(failures=3, window_seconds=30, cooldown_seconds=30)
+
+
+def policy(max_attempts=4, regions=("us-east5",), clock=None, **retry) -> RetryPolicy:
+    cfg = RetryConfig(max_attempts=max_attempts, backoff_initial_seconds=0.5, backoff_max_seconds=4, **retry)
+    return RetryPolicy(cfg, list(regions), CircuitBreaker(BREAKER, clock or Clock()), random.Random(1))
+
+
+def test_a_token_refresh_after_401_is_not_an_attempt():
+    """With max_attempts 1 the 401 → refresh → retry still gets its one real answer (it used to consume the only
+    attempt and report 502 'could not reach Vertex AI')."""
+    p = policy(max_attempts=1)
+    assert p.first() == "us-east5" and p.attempts == 1
+    step = p.after(UNAUTHORIZED, status=401)
+    assert step.region == "us-east5" and step.refresh_token and step.delay == 0 and p.attempts == 1
+    assert p.after(ANSWERED, status=200).region is None and p.attempts == 1
+    p = policy(max_attempts=1)
+    p.first()
+    p.after(UNAUTHORIZED, status=401)
+    assert p.after(UNAUTHORIZED, status=401).region is None  # a fresh token refused too: the 401 is the answer
+
+
+def test_retryable_outcomes_back_off_in_the_same_region_until_attempts_run_out():
+    p = policy(max_attempts=3)
+    p.first()
+    first = p.after(RETRYABLE_STATUS, status=429)
+    assert first.region == "us-east5" and first.kind == "retry" and 0 <= first.delay <= 0.5
+    second = p.after(TIMED_OUT)
+    assert second.kind == "retry" and 0 <= second.delay <= 1.0 and p.attempts == 3
+    assert p.after(UNREACHABLE).region is None and p.retried and not p.failed_over
+
+
+def test_retry_after_is_honoured_and_the_wait_budget_is_bounded():
+    p = policy(max_attempts=5, max_wait_seconds=10)
+    p.first()
+    assert p.after(RETRYABLE_STATUS, status=429, retry_after=7).delay == 7
+    assert p.after(RETRYABLE_STATUS, status=429, retry_after=7).region is None  # 14 s > the 10 s budget
+    assert p.waited == 7
+
+
+def test_failover_is_immediate_while_another_region_is_healthy():
+    p = policy(regions=("us-east5", "global"))
+    p.first()
+    step = p.after(RETRYABLE_STATUS, status=503)
+    assert (step.region, step.delay, step.kind) == ("global", 0.0, "failover") and p.failed_over
+    back = p.after(RETRYABLE_STATUS, status=503)  # both failed once: neither is open, the other one again
+    assert back.region == "us-east5" and back.kind == "failover"
+
+
+def test_404_moves_on_without_marking_the_region_unhealthy():
+    clock = Clock()
+    p = policy(regions=("us-east5", "global", "eu"), clock=clock)
+    p.first()
+    for _ in range(5):
+        p.breaker.failure("eu")  # eu is open
+    assert p.after(NOT_IN_REGION, status=404).region == "global"
+    assert p.after(NOT_IN_REGION, status=404).region == "eu"  # open regions are tried last, not never
+    assert p.after(NOT_IN_REGION, status=404).region is None  # no region left: the 404 is the answer
+    assert not p.breaker.is_open("us-east5") and not p.breaker.is_open("global")
+
+
+def test_an_open_circuit_sends_the_first_attempt_elsewhere_until_it_cools_down():
+    clock = Clock()
+    breaker = CircuitBreaker(CircuitBreakerConfig(failures=2, window_seconds=10, cooldown_seconds=30), clock)
+    cfg = RetryConfig()
+    for _ in range(2):
+        p = RetryPolicy(cfg, ["us-east5", "global"], breaker, random.Random(1))
+        assert p.first() == "us-east5"
+        assert p.after(RETRYABLE_STATUS, status=500).region == "global"
+        p.after(ANSWERED, status=200)
+    assert RetryPolicy(cfg, ["us-east5", "global"], breaker, random.Random(1)).first() == "global"
+    clock.now += 30  # cooled down: one trial goes to the preferred region
+    p = RetryPolicy(cfg, ["us-east5", "global"], breaker, random.Random(1))
+    assert p.first() == "us-east5"
+    p.after(ANSWERED, status=200)
+    assert breaker.state() == {}
+
+
+def test_a_final_5xx_is_passed_on_without_counting_as_a_success():
+    clock = Clock()
+    p = policy(clock=clock)
+    p.first()
+    p.breaker.failure("us-east5")
+    p.after(ANSWERED, status=501)
+    p.breaker.failure("us-east5")
+    p.breaker.failure("us-east5")
+    assert p.breaker.is_open("us-east5")  # the 501 did not reset the failure count

@@ -168,7 +168,7 @@ def test_both_workers_serve_and_metrics_are_summed(setup, monkeypatch):
         with closing(c):
             after = scrape(c, proxy)
             assert health(proxy, c)["pid"] == pid  # the same connection, the same worker
-        total = sum(delta(after, "modelmux_requests_total", model="gpt-4o", status="200", mode=mode, stream=stream)
+        total = sum(delta(after, "modelmux_requests_total", api="chat", model="gpt-4o", status="200", mode=mode, stream=stream)
                     for mode in ("proxy", "reverse") for stream in ("true", "false"))
         assert total == sent, (pid, total)
         assert delta(after, "modelmux_tokens_total", model="gpt-4o", kind="output") == words

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -26,8 +29,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class Metrics:
     def __init__(self, relay_counters: Callable[[], dict[str, Any]], token_refreshes: Callable[[], int]):
         self.registry = CollectorRegistry()
-        self.requests = Counter("modelmux_requests", "Chat completions answered, by requested model, status and mode",
-                                ["model", "status", "mode", "stream"], registry=self.registry)
+        # `model` is a configured name or "other" (vertex.Router.label): never a client-chosen value
+        self.requests = Counter("modelmux_requests", "Translated requests answered, by API, model, status and mode",
+                                ["api", "model", "status", "mode", "stream"], registry=self.registry)
         self.latency = Histogram("modelmux_request_duration_seconds", "From request received to answer complete",
                                  ["model", "stream"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.ttft = Histogram("modelmux_time_to_first_chunk_seconds", "From request received to first chunk sent",
@@ -46,20 +50,19 @@ class Metrics:
         else:
             self.registry.register(_UpstreamCollector(relay_counters, token_refreshes))
 
-    def observe(self, ex: dict[str, Any], status: int, mode: str) -> None:
-        model, stream = ex["requested_model"], str(ex["stream"]).lower()
-        self.requests.labels(model, str(status), mode, stream).inc()
-        if "done" in ex:
-            self.latency.labels(model, stream).observe(max(0.0, ex["done"] - ex["received"]))
-        if "first_chunk" in ex:
-            self.ttft.labels(model).observe(max(0.0, ex["first_chunk"] - ex["received"]))
-        u = ex.get("usage") or {}
-        details = u.get("prompt_tokens_details") or {}
-        read, write = details.get("cached_tokens", 0), details.get("cache_write_tokens", 0)
-        for kind, n in (("input", u.get("prompt_tokens", 0) - read - write), ("output", u.get("completion_tokens", 0)),
-                        ("cache_read", read), ("cache_write", write)):
-            if n:
-                self.tokens.labels(model, kind).inc(n)
+    def observe(self, ex: Exchange, status: int, mode: str) -> None:
+        model, stream = ex.model_label, str(ex.stream).lower()
+        self.requests.labels(ex.api, model, str(status), mode, stream).inc()
+        if ex.done is not None:
+            self.latency.labels(model, stream).observe(max(0.0, ex.done - ex.received))
+        if ex.first_chunk is not None:
+            self.ttft.labels(model).observe(max(0.0, ex.first_chunk - ex.received))
+        t = ex.tokens
+        if t is not None:
+            for kind, n in (("input", t.input), ("output", t.output), ("cache_read", t.cache_read),
+                            ("cache_write", t.cache_write)):
+                if n:
+                    self.tokens.labels(model, kind).inc(n)
         if self._copied is not None:
             self._copied.copy()
 

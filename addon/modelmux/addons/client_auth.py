@@ -18,7 +18,7 @@ import hmac
 from mitmproxy import http
 
 from ..translate.errors import OpenAIError
-from .local_endpoints import error_response
+from ..apis.answers import error_response
 from .runtime import Runtime
 from .scope import is_ours
 

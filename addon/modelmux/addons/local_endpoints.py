@@ -5,38 +5,33 @@
 - `GET /health`: liveness, which process answered (pid, worker index under `--workers`) and that process's
   relay counters (calls in progress, retries, failovers, open circuits);
 - `GET /metrics`: Prometheus text (metrics.py);
-- any path of ours other than `POST /v1/chat/completions`: an OpenAI-shaped 404 (or 405 for a wrong method
-  on the chat path). It is never forwarded to OpenAI: the app's key must not leave the machine.
+- any path of ours that no API serves: an OpenAI-shaped 404 (or 405 for a wrong method on an API path). It is
+  never forwarded to OpenAI: the app's key must not leave the machine.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from urllib.parse import unquote
 
 from mitmproxy import http
 
+from ..apis import BY_PATH
+from ..apis.answers import error_response, json_response
 from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from ..translate.errors import OpenAIError, model_not_found, not_found_path
 from .runtime import Runtime
-from .scope import CHAT_PATH, is_ours, route_path
+from .scope import is_ours, route_path
 
 _STARTED = int(time.time())
 
 
-def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> http.Response:
-    return http.Response.make(status, json.dumps(body).encode(), {"content-type": "application/json", **(headers or {})})
-
-
-def error_response(err: OpenAIError) -> http.Response:
-    return json_response(err.status, err.body(), err.headers)
-
-
 def _model_object(name: str) -> dict:
-    return {"id": name, "object": "model", "created": _STARTED,
-            "owned_by": "anthropic" if name.startswith("claude-") else "modelmux"}
+    owner = "anthropic" if name.startswith("claude-") else "google" if name.startswith(("gemini-", "text-embedding-0",
+                                                                                        "text-multilingual-")) \
+        else "modelmux"
+    return {"id": name, "object": "model", "created": _STARTED, "owned_by": owner}
 
 
 class LocalEndpoints:
@@ -49,7 +44,7 @@ class LocalEndpoints:
             return
         path = route_path(flow)
         method = flow.request.method
-        if path == CHAT_PATH:
+        if path in BY_PATH:
             if method != "POST":
                 flow.response = error_response(OpenAIError(405, f"Use POST for {path}.", "invalid_request_error",
                                                            None, "method_not_allowed"))
@@ -62,11 +57,12 @@ class LocalEndpoints:
                                                 "thinking_cache_entries": len(self.runtime.thinking),
                                                 "token_refreshes": snap.tokens.refreshes})
         elif method == "GET" and path == "/v1/models":
-            body = {"object": "list", "data": [_model_object(m) for m in snap.router.listed_models()]}
+            names = list(dict.fromkeys(snap.router.listed_models() + snap.router.listed_embedding_models()))
+            body = {"object": "list", "data": [_model_object(m) for m in names]}
             flow.response = json_response(200, body)
         elif method == "GET" and path.startswith("/v1/models/"):
             name = unquote(path[len("/v1/models/"):])
-            if snap.router.routable(name):
+            if snap.router.routable(name) or snap.router.embedding_routable(name):
                 flow.response = json_response(200, _model_object(name))
             else:
                 flow.response = error_response(model_not_found(name))

@@ -13,7 +13,7 @@ from mitmproxy import http
 
 from .runtime import Runtime
 from .scope import is_ours
-from .translate import exchange
+from .translate import is_translated
 
 
 class LocalErrors:
@@ -25,7 +25,7 @@ class LocalErrors:
         resp = flow.response
         if snap is None or resp is None or resp.status_code < 400:
             return
-        if exchange(flow) is not None or not is_ours(flow, snap.intercept_hosts):
+        if is_translated(flow) or not is_ours(flow, snap.intercept_hosts):
             return  # a translated exchange (counted by Translate), or not ours
         self.runtime.metrics.local_errors.labels(str(resp.status_code), _code(resp.content)).inc()
 

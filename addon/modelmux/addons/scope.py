@@ -13,8 +13,6 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
-CHAT_PATH = "/v1/chat/completions"
-
 
 def is_ours(flow: http.HTTPFlow, hosts: frozenset[str]) -> bool:
     if isinstance(flow.client_conn.proxy_mode, ReverseMode):

@@ -39,15 +39,46 @@ def model_not_found(model: str) -> OpenAIError:
 
 
 def not_found_path(method: str, path: str) -> OpenAIError:
-    return OpenAIError(404, f"Invalid URL ({method} {path}): modelmux serves /v1/chat/completions and /v1/models.",
-                       "invalid_request_error", None, "unknown_url")
+    return OpenAIError(404, f"Invalid URL ({method} {path}): modelmux serves /v1/chat/completions, /v1/embeddings and "
+                            "/v1/models.", "invalid_request_error", None, "unknown_url")
 
 
-# Status → (OpenAI type, code) for statuses we pass through.
+# --- modelmux's own failures on the way to Vertex (no usable upstream answer): the relay's, all here ---------
+
+def upstream_unreachable(region: str, detail: str) -> OpenAIError:
+    return OpenAIError(502, f"modelmux could not reach Vertex AI in {region}: {detail}"[:400], "server_error", None,
+                       "upstream_unavailable")
+
+
+def upstream_timeout(region: str, kind: str, limit: float) -> OpenAIError:
+    return OpenAIError(504, f"Vertex AI in {region} did not answer within {limit:g} s ({kind}).", "server_error",
+                       None, "upstream_timeout")
+
+
+def upstream_broken(detail: str) -> OpenAIError:
+    return OpenAIError(502, f"Vertex AI's answer broke off or could not be read: {detail}"[:400], "server_error",
+                       None, "bad_upstream_response")
+
+
+def upstream_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(502, f"Vertex AI's answer is larger than modelmux accepts ({limit} bytes, decoded; the setting "
+                            "bounds.max_upstream_bytes).", "server_error", None, "upstream_answer_too_large")
+
+
+def credentials_unavailable(detail: str) -> OpenAIError:
+    """No Google token at all (the token endpoint or the credentials failed): the operator's to fix, not the app's."""
+    return OpenAIError(502, f"modelmux could not get a Google access token for Vertex AI: {detail} — check "
+                            "auth.credentials_file / Application Default Credentials (modelmux doctor).",
+                       "server_error", None, "vertex_auth_failed")
+
+
+# Status → (OpenAI type, code) for statuses we pass through. Vertex's 401/403 are about modelmux's Google
+# identity, never the app's OpenAI key: `invalid_api_key` would make the SDKs (and Codex) tell the user their key is
+# wrong. A 401 becomes a 502 (the gateway's own credentials failed), a 403 keeps its status with a Vertex code.
 _BY_STATUS: dict[int, tuple[str, str | None]] = {
     400: ("invalid_request_error", None),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", "permission_denied"),
+    401: ("server_error", "vertex_auth_failed"),
+    403: ("permission_error", "vertex_permission_denied"),
     404: ("invalid_request_error", "model_not_found"),
     408: ("timeout_error", "timeout"),
     413: ("invalid_request_error", "request_too_large"),
@@ -55,10 +86,11 @@ _BY_STATUS: dict[int, tuple[str, str | None]] = {
 }
 
 _HINTS: dict[int, str] = {
-    401: "Vertex AI rejected modelmux's Google credentials: check auth.credentials_file / ADC and that the "
-         "token is an OAuth access token (not an ID token).",
-    403: "The Google identity lacks permission: grant it roles/aiplatform.user (aiplatform.endpoints.predict) "
-         "on the project, and enable the model in Vertex AI Model Garden.",
+    401: "Vertex AI rejected modelmux's Google credentials (not your OpenAI key): check modelmux's "
+         "auth.credentials_file / Application Default Credentials and that the token is an OAuth access token "
+         "(not an ID token).",
+    403: "modelmux's Google identity lacks permission (not your OpenAI key): grant it roles/aiplatform.user "
+         "(aiplatform.endpoints.predict) on the project, and enable the model in Vertex AI Model Garden.",
     404: "The model is not available here: check that it is enabled in Model Garden for this project and "
          "offered in this region (newer models are only on the global / us / eu endpoints).",
     429: "Vertex AI quota exhausted; retry after a pause or request more quota.",
@@ -109,7 +141,8 @@ def _upstream_message(parsed: Any, raw: bytes) -> tuple[str | None, str | None]:
 
 def from_upstream(status: int, content: bytes, headers: dict[str, str] | None = None, *,
                   model: str | None = None, region: str | None = None) -> OpenAIError:
-    """Translate a non-2xx Vertex answer into the OpenAI error with the same meaning."""
+    """Translate a non-2xx Vertex answer into the OpenAI error with the same meaning (`content` as Vertex sent it,
+    maybe gzip-encoded; `retry-after` read from `headers`)."""
     headers = {k.lower(): v for k, v in (headers or {}).items()}
     parsed = decode_body(content, headers.get("content-encoding"))
     message, kind = _upstream_message(parsed, content)
@@ -117,7 +150,7 @@ def from_upstream(status: int, content: bytes, headers: dict[str, str] | None = 
         out_status = 503 if status == 529 else status  # 529 is Anthropic-only; the SDKs retry 503
         err_type, code = "server_error", ("overloaded" if status == 529 or kind == "overloaded_error" else None)
     else:
-        out_status = status if status in _BY_STATUS else 400
+        out_status = 502 if status == 401 else status if status in _BY_STATUS else 400
         err_type, code = _BY_STATUS.get(status, ("invalid_request_error", None))
     text = message or f"Vertex AI answered HTTP {status}"
     if kind and kind not in text:
@@ -128,7 +161,7 @@ def from_upstream(status: int, content: bytes, headers: dict[str, str] | None = 
     full = f"Vertex AI: {text}" + (f" — {hint}" if hint else "")
     out_headers: dict[str, str] = {}
     if out_status == 429 or out_status >= 500:
-        retry_after = _retry_after_seconds(headers.get("retry-after"))
+        retry_after = retry_after_seconds(headers.get("retry-after"))
         if out_status == 429 and retry_after is None:
             retry_after = 1.0  # real Vertex 429s often carry none; the SDKs then back off on their own
         if retry_after is not None:
@@ -148,10 +181,12 @@ def from_stream_error(event: Any) -> OpenAIError:
                        openai_type, None, kind)
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `retry-after` header in seconds (the one parser: the relay's backoff and the client's error both use it)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None  # an HTTP-date: rare from Google; let the SDK's own backoff decide
+    return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None

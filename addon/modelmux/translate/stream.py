@@ -33,6 +33,7 @@ from typing import Any
 
 from .errors import OpenAIError, from_stream_error
 from .response import AnswerShape, completion_id, finish_reason, json_answer, usage
+from .sse import EventSplitter, EventTooLarge, event_data
 
 _dumps = json.dumps
 _loads = json.loads
@@ -45,7 +46,7 @@ class StreamTranslator:
     def __init__(self, shape: AnswerShape, coalesce: bool = False):
         self.shape = shape
         self.coalesce = coalesce
-        self._buf = b""
+        self._events = EventSplitter()
         self._prefix = ""  # rendered once the id is known (message_start)
         self._started = False
         self.done = False  # message_stop seen and final chunks sent
@@ -69,6 +70,11 @@ class StreamTranslator:
         return usage(self._usage)
 
     @property
+    def upstream_usage(self) -> dict[str, Any]:
+        """Vertex's (Anthropic) usage of what has streamed so far."""
+        return self._usage
+
+    @property
     def kept_thinking(self) -> tuple[str, list[dict[str, Any]]] | None:
         """(first tool call id, thinking blocks) to send back upstream when the client continues the loop."""
         if self._thinking and self._first_tool_id:
@@ -80,21 +86,18 @@ class StreamTranslator:
     def feed(self, data: bytes) -> bytes:
         if self.done or self.failed:
             return b""
-        buf = self._buf + data
-        cr_tail = b""
-        if b"\r" in buf:  # CRLF framing is legal SSE; a trailing \r may be the first half of one
-            if buf.endswith(b"\r"):
-                buf, cr_tail = buf[:-1], b"\r"
-            buf = buf.replace(b"\r\n", b"\n")
-        events = buf.split(b"\n\n")
-        self._buf = events.pop() + cr_tail
+        try:
+            events = self._events.feed(data)
+        except EventTooLarge as err:
+            return self.fail(OpenAIError(502, f"Vertex AI sent an unreadable stream: {err}", "server_error", None,
+                                         "bad_upstream_event"))
         return self._render(events) if events else b""
 
     def finish(self) -> bytes:
         """The upstream body ended. Anything but a completed message is an error the client must see."""
         if self.done or self.failed:
             return b""
-        out = self.feed(b"\n\n") if self._buf.strip() else b""  # a last event without its blank line
+        out = self._render(self._events.flush())  # a last event without its blank line
         if self.done or self.failed:
             return out
         return out + self.fail(OpenAIError(502, "Vertex AI ended the stream before the message was complete "
@@ -115,7 +118,7 @@ class StreamTranslator:
         parts: list[str] = []
         held: dict[str, Any] | None = None  # coalescing: a delta that later ones of its block extend
         for raw in events:
-            data = _event_data(raw)
+            data = event_data(raw)
             if data is None:
                 continue
             self.events_in += 1
@@ -309,13 +312,3 @@ def message_as_events(message: dict[str, Any]) -> bytes:
                       "usage": {"output_tokens": usage_in.get("output_tokens", 0)}}))
     out.append(event({"type": "message_stop"}))
     return "".join(out).encode()
-
-
-def _event_data(raw: bytes) -> bytes | None:
-    """The `data:` payload of one SSE event (multi-line data joined with \\n), or None (comments, empty)."""
-    if raw.startswith(b"event: ") and raw.count(b"\n") == 1:  # the common shape: one event line, one data line
-        _, line = raw.split(b"\n", 1)
-        if line.startswith(b"data: "):
-            return line[6:]
-    lines = [ln[5:].removeprefix(b" ") for ln in raw.split(b"\n") if ln.startswith(b"data:")]
-    return b"\n".join(lines) if lines else None

@@ -49,7 +49,8 @@ from typing import Any
 
 from ..errors import OpenAIError, from_stream_error
 from ..response import json_answer, usage as chat_usage
-from ..stream import _event_data, _extend
+from ..sse import EventSplitter, EventTooLarge, event_data
+from ..stream import _extend
 from . import ids
 from .response import (THINKING_TYPES, ResponseShape, call_item, compaction_item, custom_input, message_item,
                        output_text, public_items, reasoning_item, response_error, response_object,
@@ -132,7 +133,7 @@ class ResponsesStreamTranslator:
     def __init__(self, shape: ResponseShape, coalesce: bool = False):
         self.shape = shape
         self.coalesce = coalesce  # streaming mode `buffered`: a feed's consecutive deltas of a block → one event
-        self._buf = b""
+        self._events = EventSplitter()
         self._seq = 0
         self._started = False
         self.done = False
@@ -203,21 +204,18 @@ class ResponsesStreamTranslator:
     def feed(self, data: bytes) -> bytes:
         if self.done or self.failed:
             return b""
-        buf = self._buf + data
-        cr_tail = b""
-        if b"\r" in buf:  # CRLF framing is legal SSE; a trailing \r may be the first half of one
-            if buf.endswith(b"\r"):
-                buf, cr_tail = buf[:-1], b"\r"
-            buf = buf.replace(b"\r\n", b"\n")
-        events = buf.split(b"\n\n")
-        self._buf = events.pop() + cr_tail
+        try:
+            events = self._events.feed(data)
+        except EventTooLarge as err:
+            return self.fail(OpenAIError(502, f"Vertex AI sent an unreadable stream: {err}", "server_error", None,
+                                         "bad_upstream_event"))
         return self._render(events) if events else b""
 
     def finish(self) -> bytes:
         """The upstream body ended. Anything but a completed message is an error the client must see."""
         if self.done or self.failed:
             return b""
-        out = self.feed(b"\n\n") if self._buf.strip() else b""  # a last event without its blank line
+        out = self._render(self._events.flush())  # a last event without its blank line
         if self.done or self.failed:
             return out
         return out + self.fail(OpenAIError(502, "Vertex AI ended the stream before the message was complete "
@@ -242,7 +240,7 @@ class ResponsesStreamTranslator:
         parts: list[str] = []
         held: dict[str, Any] | None = None  # coalescing: a delta that later ones of its block extend
         for raw in events:
-            data = _event_data(raw)
+            data = event_data(raw)
             if data is None:
                 continue
             self.events_in += 1

@@ -1,0 +1,8 @@
+"""The OpenAI APIs modelmux serves, one module each: how a request becomes a Vertex call (`prepare`) and what the
+client gets back (`Call`). The Translate addon runs them all the same way: one relay, one retry loop, one record,
+one dump. Adding an API is a translator module (translate/) plus a module here.
+"""
+
+from . import chat, embeddings
+
+BY_PATH = {chat.PATH: chat, embeddings.PATH: embeddings}  # the POST paths translated to Vertex calls
