@@ -6,9 +6,12 @@ The spec is OpenAPI 3.1 with some 3.0-style `nullable: true`; those are rewritte
 
 from __future__ import annotations
 
+import array
+import base64
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,25 @@ def validate_completion(body: Any) -> None:
 
 def validate_chunk(body: Any) -> None:
     validate(body, "CreateChatCompletionStreamResponse")
+
+
+def validate_embeddings(body: Any) -> list[list[float]]:
+    """Validate a `CreateEmbeddingResponse`; returns the vectors as floats. The spec types `embedding` as floats
+    only; with `encoding_format: base64` OpenAI sends a base64 string of little-endian float32 instead, which is
+    decoded here the way openai-python decodes it (array("f")) before the body is validated."""
+    if isinstance(body, (bytes, str)):
+        body = json.loads(body)
+    decoded = json.loads(json.dumps(body))
+    for item in decoded.get("data") or []:
+        if isinstance(item, dict) and isinstance(item.get("embedding"), str):
+            raw = base64.b64decode(item["embedding"], validate=True)
+            assert len(raw) % 4 == 0, f"data[{item.get('index')}]: {len(raw)} bytes is not a float32 vector"
+            floats = array.array("f", raw)
+            if sys.byteorder == "big":
+                floats.byteswap()
+            item["embedding"] = floats.tolist()
+    validate(decoded, "CreateEmbeddingResponse")
+    return [item["embedding"] for item in decoded["data"]]
 
 
 def validate_error(body: Any) -> None:

@@ -18,6 +18,7 @@ retries: {max_attempts: 2, backoff_initial_seconds: 0.01}
 models:
   default: null
   map: {gpt-4o: claude-sonnet-4-5@20250929, gpt-4o-mini: claude-haiku-4-5@20251001}
+embeddings: {default: null}  # unmapped names are not served (a 404), as for chat
 """
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]}
@@ -30,7 +31,7 @@ def chain(tmp_path):
     runtime = Runtime()
     addons = make_addons(runtime)
     with taddons.context(Proxyserver(), *addons) as tctx:
-        tctx.configure(addons[0], modelmux_config=str(path))
+        tctx.configure(addons[0], listen_host="127.0.0.1", modelmux_config=str(path))
         yield tctx, addons
 
 
@@ -159,7 +160,11 @@ async def test_models_are_answered_locally_in_every_mode(chain, kw):
     body = json.loads(f.response.content)
     assert f.response.status_code == 200 and body["object"] == "list"
     ids = [m["id"] for m in body["data"]]
-    assert ids == ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5@20250929", "claude-haiku-4-5@20251001"]
+    assert ids == ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5@20250929", "claude-haiku-4-5@20251001",
+                   # the built-in embeddings routes (config `embeddings`)
+                   "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+                   "gemini-embedding-001", "text-embedding-005"]
+    assert {m["id"]: m["owned_by"] for m in body["data"]}["gemini-embedding-001"] == "google"
     f = make_flow(path="/v1/models/gpt-4o-mini", method="GET", body=b"", **kw)
     await run_request(addons, f)
     assert json.loads(f.response.content)["id"] == "gpt-4o-mini"
@@ -170,7 +175,7 @@ async def test_models_are_answered_locally_in_every_mode(chain, kw):
 
 async def test_other_paths_on_our_hosts_get_404_and_other_hosts_are_untouched(chain):
     _, addons = chain
-    f = make_flow(path="/v1/embeddings")
+    f = make_flow(path="/v1/images/generations")
     await run_request(addons, f)
     assert f.response.status_code == 404
     validate_error(json.loads(f.response.content))
@@ -208,7 +213,7 @@ async def test_pain27_client_keys_gate_every_endpoint(tmp_path):
     path.write_text(CONFIG + "security: {client_keys: [mm-key-1, mm-key-2]}\n")
     addons = make_addons(Runtime())
     with taddons.context(Proxyserver(), *addons) as tctx:
-        tctx.configure(addons[0], modelmux_config=str(path))
+        tctx.configure(addons[0], listen_host="127.0.0.1", modelmux_config=str(path))
         for path_, method, body in [("/v1/models", "GET", b""), ("/v1/chat/completions", "POST", CHAT)]:
             f = make_flow(path=path_, method=method, body=body)  # carries the app's OpenAI key: not a modelmux key
             await run_request(addons, f)

@@ -1,7 +1,7 @@
 """openai-python as a real app uses it — a tool loop, parallel tool calls, the `stream()` and `parse()` helpers,
 MCP-style tool names, multi-byte text, stream faults and rate limits — through a real `modelmux run` and a real
 `mitmdump -s addon/modelmux_addon.py`, each in HTTPS_PROXY mode and reverse (base URL) mode. Raw bodies and
-every chunk are checked against OpenAI's spec. What the fake model answers: addon/modelmux/emulator.py."""
+every chunk are checked against OpenAI's spec. What the fake model answers: addon/modelmux/emulator/model.py."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def test_pain12_parse_returns_the_pydantic_object(client, emulator):
 # --- text, faults, errors ------------------------------------------------------------------------------------
 
 def test_pain19_unicode_intact(client):
-    from modelmux.emulator import UNICODE_SAMPLE  # the multi-byte text [[unicode]] makes the fake model add
+    from modelmux.emulator.model import UNICODE_SAMPLE  # the multi-byte text [[unicode]] makes the fake model add
 
     ask = [{"role": "user", "content": "[[unicode]] Grüße aus Köln, 你好"}]
     expected = f"You said: [[unicode]] Grüße aus Köln, 你好 {UNICODE_SAMPLE}"

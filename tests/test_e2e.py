@@ -107,8 +107,8 @@ def test_errors_are_openai_shaped(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="gpt-4o", messages=HELLO, temperature=5)
     assert err.value.body["param"] == "temperature"
-    with pytest.raises(openai.NotFoundError) as err:  # not a chat path: answered locally, never forwarded
-        client.embeddings.create(model="text-embedding-3-small", input="x")
+    with pytest.raises(openai.NotFoundError) as err:  # not a path modelmux serves: answered locally, never forwarded
+        client.images.generate(model="dall-e-3", prompt="x")
     validate_error({"error": err.value.body})
     with pytest.raises(openai.NotFoundError) as err:  # Vertex's own 404 for a model it does not serve
         client.chat.completions.create(model="claude-unknown-9@20990101", messages=HELLO)

@@ -110,7 +110,7 @@ def test_errors_answered_locally_are_counted(make_client, setup):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "wizard", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
-        client.embeddings.create(model="text-embedding-3-small", input="x")
+        client.images.generate(model="dall-e-3", prompt="x")  # no API of modelmux: a local 404
     httpx.get(f"http://127.0.0.1:{proxy.reverse_port}/metrics", trust_env=False)  # 200: not an error
     after = scrape(proxy)
 

@@ -6,18 +6,13 @@ import asyncio
 import base64
 import gzip
 import json
-import os
 import re
-import select
-import signal
+import os
 import socket
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import google.auth._exponential_backoff
@@ -28,94 +23,13 @@ import google.oauth2.credentials
 import httpx
 import jsonschema
 import pytest
+from emulator_helpers import client, emu, faults, token  # noqa: F401  (fixtures)
+from emulator_helpers import ADDON_DIR, DROP, MODEL, SCOPES, STATIC_TOKEN, Running, body, call, launch, rules, stop
+from emulator_helpers import user
 from google.oauth2 import service_account
 
-from modelmux import emulator as emu_module
 from modelmux.auth import HttpxRequest
-
-ADDON_DIR = Path(__file__).resolve().parents[1] / "addon"
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-MODEL = "claude-sonnet-4-5@20250929"
-STATIC_TOKEN = "static-test-token"
-START_TIMEOUT = 10.0
-
-
-# --- fixtures ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Running:
-    proc: subprocess.Popen
-    url: str
-    stderr_path: Path
-    service_account_path: Path
-    authorized_user_path: Path
-
-    def model_url(self, model: str = MODEL, method: str = "rawPredict", location: str = "us-east5") -> str:
-        return (f"{self.url}/v1/projects/p1/locations/{location}/publishers/anthropic/models/{model}:{method}")
-
-
-def _launch(tmp: Path, *extra: str) -> Running:
-    sa, au, err = tmp / "sa.json", tmp / "au.json", tmp / "stderr.txt"
-    env = {**os.environ, "PYTHONPATH": str(ADDON_DIR)}
-    with open(err, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelmux.emulator", "--port", "0", "--service-account-out", str(sa),
-             "--authorized-user-out", str(au), *extra],
-            stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
-    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
-    line = proc.stdout.readline() if ready else ""
-    match = re.fullmatch(r"modelmux emulator listening on (http://127\.0\.0\.1:\d+)\n", line)
-    if not match:
-        _stop(proc)
-        pytest.fail(f"emulator did not start: {line!r} {err.read_text()}")
-    return Running(proc, match.group(1), err, sa, au)
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-        raise
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    running = _launch(tmp_path_factory.mktemp("emulator"), "--accept-token", STATIC_TOKEN)
-    yield running
-    _stop(running.proc)
-
-
-@pytest.fixture(scope="module")
-def client(emu: Running) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=emu.url, trust_env=False, timeout=10) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def token(emu: Running) -> str:
-    creds = service_account.Credentials.from_service_account_file(str(emu.service_account_path), scopes=SCOPES)
-    creds.refresh(HttpxRequest())
-    return creds.token
-
-
-def body(**changes: Any) -> dict:
-    """A valid request body; a change to `DROP` removes the key."""
-    base = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 100,
-            "messages": [{"role": "user", "content": "hello there world"}]}
-    merged = {**base, **changes}
-    return {k: v for k, v in merged.items() if v is not DROP}
-
-
-DROP = object()
-
-
-def call(client: httpx.Client, emu: Running, payload: Any, token: str | None, **url: str) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return client.post(emu.model_url(**url), content=json.dumps(payload), headers=headers)
-
+from modelmux.emulator import credentials, errors, handlers, model, schema_values, server
 
 # --- OAuth token endpoint ------------------------------------------------------------------------------------
 
@@ -133,11 +47,11 @@ def _assertion(info: dict, **claims: Any) -> str:
 
 
 def _jwt_grant(client: httpx.Client, assertion: str) -> httpx.Response:
-    return client.post("/token", data={"grant_type": emu_module.JWT_BEARER_GRANT, "assertion": assertion})
+    return client.post("/token", data={"grant_type": credentials.JWT_BEARER_GRANT, "assertion": assertion})
 
 
 def _other_key_info(info: dict) -> dict:
-    fresh = emu_module.new_service_account("elsewhere", info["token_uri"])
+    fresh = credentials.new_service_account("elsewhere", info["token_uri"])
     return {**info, "private_key": fresh["private_key"]}
 
 
@@ -234,7 +148,7 @@ def test_expired_token_is_rejected(client, emu):
 
 # --- auth and routing on the model endpoints -----------------------------------------------------------------
 
-GOOGLE_401 = {"error": {"code": 401, "message": emu_module.UNAUTHENTICATED_MESSAGE, "status": "UNAUTHENTICATED"}}
+GOOGLE_401 = {"error": {"code": 401, "message": errors.UNAUTHENTICATED_MESSAGE, "status": "UNAUTHENTICATED"}}
 
 
 @pytest.mark.parametrize("bearer", [None, "ya29.forged", ""])
@@ -274,16 +188,12 @@ def test_unknown_path_is_google_404(client):
 
 # --- body rules ----------------------------------------------------------------------------------------------
 
-def _user(content: Any) -> dict:
-    return {"role": "user", "content": content}
-
-
 def _tool_loop(call_id: str = "toolu_1", answer_id: str = "toolu_1", thinking: bool = False) -> list[dict]:
     first = [{"type": "thinking", "thinking": "hmm", "signature": "sig"}] if thinking else []
-    return [_user("weather?"),
+    return [user("weather?"),
             {"role": "assistant", "content": first + [{"type": "tool_use", "id": call_id, "name": "weather",
                                                        "input": {}}]},
-            _user([{"type": "tool_result", "tool_use_id": answer_id, "content": "sunny"}])]
+            user([{"type": "tool_result", "tool_use_id": answer_id, "content": "sunny"}])]
 
 
 IMAGE_B64 = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
@@ -305,19 +215,19 @@ BODY_RULES: list[tuple[str, Any, str]] = [
     ("no messages", body(messages=DROP), "messages: Field required"),
     ("empty messages", body(messages=[]), "messages: at least one message is required"),
     ("bad role", body(messages=[{"role": "system", "content": "x"}]), "messages.0.role: Input should be"),
-    ("empty string", body(messages=[_user("")]), "messages: text content blocks must be non-empty"),
-    ("empty list", body(messages=[_user([])]), "messages.0.content: List should have at least 1 item"),
-    ("empty text block", body(messages=[_user([{"type": "text", "text": ""}])]),
+    ("empty string", body(messages=[user("")]), "messages: text content blocks must be non-empty"),
+    ("empty list", body(messages=[user([])]), "messages.0.content: List should have at least 1 item"),
+    ("empty text block", body(messages=[user([{"type": "text", "text": ""}])]),
      "messages: text content blocks must be non-empty"),
-    ("whitespace text", body(messages=[_user([{"type": "text", "text": " \n"}])]),
+    ("whitespace text", body(messages=[user([{"type": "text", "text": " \n"}])]),
      "messages: text content blocks must contain non-whitespace text"),
-    ("unknown block", body(messages=[_user([{"type": "audio"}])]), "messages.0.content.0: Input tag 'audio'"),
-    ("image url", body(messages=[_user([{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}])]),
+    ("unknown block", body(messages=[user([{"type": "audio"}])]), "messages.0.content.0: Input tag 'audio'"),
+    ("image url", body(messages=[user([{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}])]),
      "messages.0.content.0.source: URL sources are not supported"),
     ("image media type",
-     body(messages=[_user([{"type": "image", "source": {**IMAGE_B64, "media_type": "image/bmp"}}])]),
+     body(messages=[user([{"type": "image", "source": {**IMAGE_B64, "media_type": "image/bmp"}}])]),
      "messages.0.content.0.source.media_type"),
-    ("document url", body(messages=[_user([{"type": "document", "source": {"type": "url", "url": "https://x"}}])]),
+    ("document url", body(messages=[user([{"type": "document", "source": {"type": "url", "url": "https://x"}}])]),
      "messages.0.content.0.source: URL sources are not supported"),
     ("system empty block", body(system=[{"type": "text", "text": ""}]),
      "system: text content blocks must be non-empty"),
@@ -335,10 +245,10 @@ BODY_RULES: list[tuple[str, Any, str]] = [
      "tools.0.name: String should match pattern"),
     ("tool_use id", body(messages=_tool_loop("functions.search:0", "functions.search:0")),
      "messages.1.content.0.id: String should match pattern"),
-    ("orphan tool_result", body(messages=[_user("hi"), {"role": "assistant", "content": "hello"},
-                                          _user([{"type": "tool_result", "tool_use_id": "toolu_2"}])]),
+    ("orphan tool_result", body(messages=[user("hi"), {"role": "assistant", "content": "hello"},
+                                          user([{"type": "tool_result", "tool_use_id": "toolu_2"}])]),
      "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
-    ("unanswered tool_use", body(messages=_tool_loop()[:2] + [_user("go on")]),
+    ("unanswered tool_use", body(messages=_tool_loop()[:2] + [user("go on")]),
      "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_1"),
     ("stream on rawPredict", body(stream=True), "stream:"),
     ("thinking budget", body(thinking={"type": "enabled", "budget_tokens": 500}),
@@ -376,11 +286,11 @@ def test_stream_flag_required_on_stream_endpoint(client, emu, token):
     body(temperature=0.5, top_p=0.9),  # allowed together on an older model
     body(messages=_tool_loop()),
     body(thinking=THINKING, max_tokens=2000,  # redacted thinking is opaque: taken as is
-         messages=[_user("weather?"), {"role": "assistant", "content": [
+         messages=[user("weather?"), {"role": "assistant", "content": [
              {"type": "redacted_thinking", "data": "opaque"},
              {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}]},
-             _user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}])]),
-    body(messages=[_user([{"type": "image", "source": IMAGE_B64}, {"type": "text", "text": "what is it"}])]),
+             user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}])]),
+    body(messages=[user([{"type": "image", "source": IMAGE_B64}, {"type": "text", "text": "what is it"}])]),
     body(system="be brief", stop_sequences=["x"], metadata={"user_id": "3f2a9c"}, top_k=3,
          tools=[{"name": "weather", "input_schema": {"type": "object"}}], tool_choice={"type": "auto"}),
 ])
@@ -390,18 +300,62 @@ def test_valid_bodies_are_accepted(client, emu, token, payload):
 
 
 def test_oversized_request_is_413(client, emu, token):
-    huge = body(messages=[_user("x" * emu_module.MAX_BODY_BYTES)])
+    huge = body(messages=[user("x" * handlers.MAX_BODY_BYTES)])
     resp = call(client, emu, huge, token)
     assert resp.status_code == 413
     assert resp.json()["error"]["type"] == "request_too_large"
+
+
+# --- the emulator's own model table ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, cap", [
+    ("claude-3-5-haiku@20241022", 8_192), ("claude-opus-4-1@20250805", 32_000),
+    ("claude-haiku-4-5@20251001", 64_000), ("claude-sonnet-4-6", 64_000), ("claude-opus-4-6", 128_000),
+    ("claude-sonnet-5", 128_000)])
+def test_output_cap_per_model(client, emu, token, model, cap):
+    assert call(client, emu, body(max_tokens=cap), token, model=model).status_code == 200
+    over = call(client, emu, body(max_tokens=cap + 1), token, model=model)
+    assert over.status_code == 400
+    assert over.json()["error"]["message"] == (f"max_tokens: {cap + 1} > {cap}, which is the maximum allowed number "
+                                               f"of output tokens for {model.replace('@', '-')}")
+
+
+@pytest.mark.parametrize("model, exclusive", [
+    ("claude-3-7-sonnet@20250219", False), ("claude-sonnet-4@20250514", False), ("claude-opus-4@20250514", False),
+    ("claude-opus-4-1@20250805", True), ("claude-haiku-4-5@20251001", True), ("claude-opus-4-8", True)])
+def test_temperature_with_top_p_per_model(client, emu, token, model, exclusive):
+    resp = call(client, emu, body(temperature=0.5, top_p=0.9), token, model=model)
+    assert resp.status_code == (400 if exclusive else 200), resp.text
+    assert call(client, emu, body(temperature=0.5), token, model=model).status_code == 200
+
+
+def test_emulator_imports_nothing_of_the_product():
+    """An independent oracle: loading the whole emulator pulls in no other modelmux module (no shared tables)."""
+    code = ("import sys, modelmux.emulator.server, modelmux.emulator.cli\n"
+            "print(sorted(m for m in sys.modules\n"
+            "             if m.split('.')[0] == 'modelmux' and m.split('.')[1:2] != ['emulator']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(ADDON_DIR)}, check=True).stdout
+    assert out.strip() == "['modelmux']"  # the package itself (its __init__ holds only the version)
+
+
+def test_modelmux_parser_does_not_load_the_emulator_server():
+    code = ("import sys, modelmux.cli\n"
+            "args = modelmux.cli.build_parser().parse_args(\n"
+            "    ['emulator', '--port', '5', '--gemini-embedding-instances', '1'])\n"
+            "print(args.port, args.gemini_embedding_instances)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('tornado', 'cryptography', 'modelmux.emulator.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(ADDON_DIR)}, check=True).stdout.splitlines()
+    assert out == ["5 1", "['modelmux.emulator.cli', 'modelmux.emulator.jsontypes', 'modelmux.emulator.settings']"]
 
 
 # --- replies -------------------------------------------------------------------------------------------------
 
 def test_non_streamed_reply(client, emu, token):
     payload = body(system=[{"type": "text", "text": "Be brief."}],
-                   messages=[_user("first question"), {"role": "assistant", "content": "an answer"},
-                             _user([{"type": "text", "text": "hello"}, {"type": "text", "text": "big  world"}])])
+                   messages=[user("first question"), {"role": "assistant", "content": "an answer"},
+                             user([{"type": "text", "text": "hello"}, {"type": "text", "text": "big  world"}])])
     resp = call(client, emu, payload, token, model="claude-opus-4-5@20251101")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("application/json")
@@ -607,7 +561,7 @@ def _deltas(events: list[tuple[str, dict]], kind: str) -> list[dict]:
 ], ids=["every property", "enum const", "bounds", "arrays", "refs", "anyOf oneOf allOf", "no properties",
         "type list and format", "required only", "draft 4", "recursive"])
 def test_value_for_schema(schema, expected):
-    value = emu_module.value_for_schema(schema, schema)
+    value = schema_values.value_for_schema(schema, schema)
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     validator(schema, format_checker=validator.FORMAT_CHECKER).validate(value)
     if expected is not None:
@@ -615,8 +569,8 @@ def test_value_for_schema(schema, expected):
 
 
 def test_generate_is_pure():
-    payload = body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[_user("weather and search")])
-    once, twice = (emu_module.generate(payload, b"secret", "msg_vrtx_fixed") for _ in range(2))
+    payload = body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[user("weather and search")])
+    once, twice = (model.generate(payload, b"secret", "msg_vrtx_fixed") for _ in range(2))
     assert once == twice
     assert once.blocks[2].final["id"] != once.blocks[3].final["id"]
 
@@ -632,7 +586,7 @@ def test_generate_is_pure():
     ({"type": "none"}, "weather?", [], None),
 ], ids=["absent", "auto", "auto not parallel", "auto no names", "any named", "any unnamed", "tool", "none"])
 def test_tool_choice(client, emu, token, choice, said, names, intro):
-    answer = call(client, emu, body(tools=TOOLS, tool_choice=choice, messages=[_user(said)]), token).json()
+    answer = call(client, emu, body(tools=TOOLS, tool_choice=choice, messages=[user(said)]), token).json()
     uses = [b for b in answer["content"] if b["type"] == "tool_use"]
     texts = [b["text"] for b in answer["content"] if b["type"] == "text"]
     assert [u["name"] for u in uses] == names
@@ -649,7 +603,7 @@ def test_tool_choice(client, emu, token, choice, said, names, intro):
 
 
 def test_tool_inputs_fill_every_property(client, emu, token):
-    answer = call(client, emu, body(tools=TOOLS, messages=[_user("weather, search")]), token).json()
+    answer = call(client, emu, body(tools=TOOLS, messages=[user("weather, search")]), token).json()
     inputs = {b["name"]: b["input"] for b in answer["content"] if b["type"] == "tool_use"}
     assert inputs == {"weather": {"city": "city-valuexx", "unit": "celsius", "days": 14, "hourly": True},
                       "search": {"query": "query-value", "filters": {"sites": ["sites-value", "sites-value"]}}}
@@ -657,11 +611,14 @@ def test_tool_inputs_fill_every_property(client, emu, token):
 
 STREAM_CASES = {
     "text": body(),
-    "tools": body(tools=TOOLS, messages=[_user("search and ping and weather")]),
-    "thinking and tools": body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[_user("weather please")]),
+    "tools": body(tools=TOOLS, messages=[user("search and ping and weather")]),
+    "thinking and tools": body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[user("weather please")]),
     "forced tool": body(tools=TOOLS, tool_choice={"type": "tool", "name": "search"}),
     "tool results": body(messages=_tool_loop()),
-    "unicode": body(messages=[_user("[[unicode]] please")]),
+    "unicode": body(messages=[user("[[unicode]] please")]),
+    "forced after results": body(tools=TOOLS, tool_choice={"type": "any"}, messages=_tool_loop()),
+    "call triggers": body(tools=TOOLS, messages=[user('[[call:search {"query": "a \\"quoted\\" ]] é"}]] and '
+                                                      '[[call:ping]]')]),
 }
 
 
@@ -700,8 +657,8 @@ def test_tool_results_are_echoed(client, emu, token):
                {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True, "content": "no such city"},
                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [
                    {"type": "text", "text": "a map"}, {"type": "image", "source": IMAGE_B64}]}]
-    payload = body(tools=TOOLS, messages=[_user("weather x3"), {"role": "assistant", "content": uses},
-                                          _user(results)])
+    payload = body(tools=TOOLS, messages=[user("weather x3"), {"role": "assistant", "content": uses},
+                                          user(results)])
     for stream in (False, True):
         answer = _answer(client, emu, token, payload, stream)
         assert answer["content"] == [{"type": "text", "text": "Tool results: sunny | error: no such city | a map "
@@ -709,8 +666,153 @@ def test_tool_results_are_echoed(client, emu, token):
         assert answer["stop_reason"] == "end_turn"
 
 
+def _loop(*turns: tuple[str, list[dict]]) -> list[dict]:
+    """A conversation: the user's ask, then for each turn the tools the assistant called and their results."""
+    messages = [user(turns[0][0])]
+    for k, (_, called) in enumerate(turns):
+        uses = [{"type": "tool_use", "id": f"toolu_{k}_{j}", "name": tool["name"], "input": {}}
+                for j, tool in enumerate(called)]
+        messages += [{"role": "assistant", "content": uses},
+                     user([{"type": "tool_result", "tool_use_id": u["id"], "content": "done"} for u in uses])]
+    return messages
+
+
+@pytest.mark.parametrize("choice, history, called", [
+    ({"type": "any"}, [("weather?", [WEATHER])], "search"),  # the first tool not called since the user's text
+    ({"type": "any"}, [("go", [WEATHER]), ("", [SEARCH])], "ping"),
+    ({"type": "any"}, [("go", [WEATHER, SEARCH]), ("", [PING])], "weather"),  # all called: the first one
+    ({"type": "any", "disable_parallel_tool_use": True}, [("go", [SEARCH])], "weather"),
+    ({"type": "tool", "name": "weather"}, [("weather?", [WEATHER])], "weather"),  # forced: the same tool again
+], ids=["any", "any, two called", "any, all called", "any, not parallel", "tool"])
+def test_forced_tool_choice_calls_a_tool_after_tool_results(client, emu, token, choice, history, called):
+    payload = body(tools=TOOLS, tool_choice=choice, messages=_loop(*history))
+    for stream in (False, True):
+        answer = _answer(client, emu, token, payload, stream)
+        assert answer["stop_reason"] == "tool_use"
+        [use] = answer["content"]  # no text before a forced call, as Claude
+        assert use["type"] == "tool_use" and use["name"] == called
+        jsonschema.validate(use["input"], SCHEMAS[called])
+
+
+def test_tools_called_before_the_users_last_text_count_again(client, emu, token):
+    messages = _loop(("go", [WEATHER])) + [{"role": "assistant", "content": "Done."}, user("and again")]
+    answer = call(client, emu, body(tools=TOOLS, tool_choice={"type": "any"}, messages=messages), token).json()
+    assert [b["name"] for b in answer["content"]] == ["weather"]  # a new ask: as without tool results
+    results_and_text = _loop(("go", [WEATHER]))
+    results_and_text[-1]["content"].append({"type": "text", "text": "now the search"})
+    answer = call(client, emu, body(tools=TOOLS, tool_choice={"type": "any"}, messages=results_and_text),
+                  token).json()
+    assert [b["name"] for b in answer["content"]] == ["search"]  # named in the turn's own text
+
+
+def test_forced_tool_loop_ends_on_the_tool_not_yet_called(client, emu, token):
+    """An agent that must call a tool each turn and stops at its final-answer tool (pydantic-ai's output tool,
+    LangChain's structured output) ends in two turns, not at its step limit."""
+    lookup = {"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    final = {"name": "final_answer", "input_schema": {"type": "object", "required": ["answer"],
+                                                      "properties": {"answer": {"type": "string"}}}}
+    messages = [user("look it up, then answer")]
+    for step in range(1, 6):
+        answer = call(client, emu, body(tools=[lookup, final], tool_choice={"type": "any"}, messages=messages),
+                      token).json()
+        [use] = answer["content"]
+        if use["name"] == "final_answer":
+            break
+        messages += [{"role": "assistant", "content": answer["content"]},
+                     user([{"type": "tool_result", "tool_use_id": use["id"], "content": "42"}])]
+    assert (step, use["input"]) == (2, {"answer": "answer-value"})
+
+
+def test_auto_after_tool_results_still_answers_in_text(client, emu, token):
+    answer = call(client, emu, body(tools=TOOLS, tool_choice={"type": "auto"}, messages=_loop(("ping", [PING]))),
+                  token).json()
+    assert (answer["content"], answer["stop_reason"]) == ([{"type": "text", "text": "Tool results: done"}], "end_turn")
+
+
+SHELL = {"name": "shell", "input_schema": {"type": "object", "required": ["command"], "properties": {
+    "command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}}}}
+APPLY_PATCH = {"name": "apply_patch", "input_schema": {"type": "object", "required": ["input"],
+                                                       "properties": {"input": {"type": "string"}}}}
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+say \"hi\" ]] [[call:shell]]\n*** End Patch\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_call_trigger_dictates_the_input(client, emu, token, stream):
+    text = (f'please [[call:shell {{"command": ["echo", "hi"]}}]] then '
+            f'[[call:apply_patch\n{json.dumps({"input": PATCH})} ]]')  # whitespace around the JSON
+    answer = _answer(client, emu, token, body(tools=[SHELL, APPLY_PATCH], messages=[user(text)]), stream)
+    intro, shell, patch = answer["content"]
+    assert intro == {"type": "text", "text": "I will call shell, apply_patch."}
+    assert (shell["name"], shell["input"]) == ("shell", {"command": ["echo", "hi"]})
+    assert (patch["name"], patch["input"]) == ("apply_patch", {"input": PATCH})  # `]]` and a trigger inside: data
+    assert re.fullmatch(TOOL_ID, shell["id"]) and shell["id"] != patch["id"]
+    assert answer["stop_reason"] == "tool_use"
+
+
+def test_call_trigger_input_is_not_checked_against_the_schema(client, emu, token):
+    answer = call(client, emu, body(tools=[SHELL], tool_choice={"type": "any"},
+                                    messages=[user('[[call:shell {"cmd": 1}]]')]), token).json()
+    assert answer["content"] == [{"type": "tool_use", "id": answer["content"][0]["id"], "name": "shell",
+                                  "input": {"cmd": 1}}]  # forced: no text first
+    bare = call(client, emu, body(tools=[SHELL], messages=[user("[[call:shell]]")]), token).json()
+    assert bare["content"][1]["input"] == {"command": ["command-value"], "workdir": "workdir-value"}
+
+
+def test_call_trigger_loop_ends_after_the_tool_result(client, emu, token):
+    """Codex's loop: the trigger calls the tool, its result comes back (the trigger is no longer in the latest
+    user text) and the model answers; a later user turn with a trigger calls again."""
+    ask = user('run it [[call:shell {"command": ["echo", "hi"]}]]')
+    first = call(client, emu, body(tools=[SHELL], messages=[ask]), token).json()
+    use = first["content"][-1]
+    result = user([{"type": "tool_result", "tool_use_id": use["id"], "content": "hi\n"}])
+    history = [ask, {"role": "assistant", "content": first["content"]}, result]
+    second = call(client, emu, body(tools=[SHELL], messages=history), token).json()
+    assert (second["content"], second["stop_reason"]) == ([{"type": "text", "text": "Tool results: hi\n"}],
+                                                          "end_turn")
+    later = history + [{"role": "assistant", "content": second["content"]},
+                       user('[[call:shell {"command": ["ls"]}]]')]
+    third = call(client, emu, body(tools=[SHELL], messages=later), token).json()
+    assert third["content"][-1]["input"] == {"command": ["ls"]}
+
+
+def test_call_trigger_in_a_tool_result_is_data(client, emu, token):
+    loop = _loop(("go", [SHELL]))
+    loop[-1]["content"][0]["content"] = '[[call:shell {"command": ["again"]}]]'
+    answer = call(client, emu, body(tools=[SHELL], messages=loop), token).json()
+    assert answer["content"] == [{"type": "text", "text": 'Tool results: [[call:shell {"command": ["again"]}]]'}]
+
+
+def test_pause_wins_over_a_call_trigger(client, emu, token):
+    answer = call(client, emu, body(tools=[SHELL], messages=[user("[[call:shell]] [[pause]]")]), token).json()
+    assert (answer["content"][0]["type"], answer["stop_reason"]) == ("text", "pause_turn")
+
+
+@pytest.mark.parametrize("said, changes, problem", [
+    ("[[call:nope]]", {}, "emulator trigger [[call:nope]]: the request has no tool 'nope' (its tools: shell)"),
+    ("[[call:shell]]", {"tools": DROP}, "emulator trigger [[call:shell]]: the request has no tool 'shell' "
+                                        "(its tools: none)"),
+    ('[[call:shell {"command": [}]]', {}, "emulator trigger [[call:shell …]]: the input is not JSON"),
+    ("[[call:shell [1] ]]", {}, "emulator trigger [[call:shell …]]: the input must be a JSON object, not list"),
+    ('[[call:shell {"a": 1} x]]', {}, "emulator trigger [[call:shell …]]: expected `]]` after the JSON input"),
+    ('[[call:shell{"a": 1}]]', {}, "emulator trigger [[call:shell: expected `]]`, or a space and a JSON object"),
+    ("[[call:shell]]", {"tool_choice": {"type": "none"}}, "emulator trigger [[call:shell]]: tool_choice none"),
+    ("[[call:shell]]", {"tools": [SHELL, PING], "tool_choice": {"type": "tool", "name": "ping"}},
+     "emulator trigger [[call:shell]]: tool_choice forces tool 'ping'"),
+    ("[[call:shell]] [[call:shell]]", {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
+     "emulator trigger: 2 [[call:…]] triggers, but disable_parallel_tool_use allows one call"),
+], ids=["unknown tool", "no tools", "bad JSON", "not an object", "no closing", "no space", "choice none",
+        "choice another tool", "not parallel"])
+def test_bad_call_trigger_is_400(client, emu, token, said, changes, problem):
+    payload = body(**{"tools": [SHELL], **changes, "messages": [user(said)]})
+    for stream in (False, True):
+        resp = _stream(client, emu, token, payload) if stream else call(client, emu, payload, token)
+        assert resp.status_code == 400
+        error = resp.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["message"].startswith(problem), error
+
+
 def test_thinking_round_trip(client, emu, token):
-    ask = _user("what is the weather in Paris")
+    ask = user("what is the weather in Paris")
     first = call(client, emu, body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[ask]), token).json()
     thinking, intro, use = first["content"]
     assert thinking["thinking"] == "Thinking about: what is the weather in Paris"
@@ -719,7 +821,7 @@ def test_thinking_round_trip(client, emu, token):
 
     def follow_up(kept: dict) -> httpx.Response:
         turn = {"role": "assistant", "content": [kept, intro, use]}
-        result = _user([{"type": "tool_result", "tool_use_id": use["id"], "content": "18C"}])
+        result = user([{"type": "tool_result", "tool_use_id": use["id"], "content": "18C"}])
         return call(client, emu, body(tools=TOOLS, thinking=THINKING, max_tokens=2000,
                                       messages=[ask, turn, result]), token)
 
@@ -751,11 +853,11 @@ def test_max_tokens_cuts_tool_json_and_thinking(client, emu, token):
     assert "".join(d["partial_json"] for d in _deltas(events, "input_json_delta")) == '{"city": "city'
     assert events[-2][1]["delta"]["stop_reason"] == "max_tokens"
 
-    long_ask = _user(" ".join(f"w{k}" for k in range(1100)))  # thinking longer than max_tokens
+    long_ask = user(" ".join(f"w{k}" for k in range(1100)))  # thinking longer than max_tokens
     answer = call(client, emu, body(thinking=THINKING, max_tokens=1025, messages=[long_ask]), token).json()
     [thought] = answer["content"]
     assert (answer["stop_reason"], len(thought["thinking"].split())) == ("max_tokens", 1025)
-    again = body(messages=[long_ask, {"role": "assistant", "content": [thought]}, _user("go on")])
+    again = body(messages=[long_ask, {"role": "assistant", "content": [thought]}, user("go on")])
     assert call(client, emu, again, token).status_code == 200  # the cut thought is signed as sent
 
 
@@ -766,12 +868,12 @@ def test_prompt_cache_creation_then_read(client, emu, token):
     first = call(client, emu, payload, token).json()["usage"]
     assert first == {"input_tokens": 2 + 3, "output_tokens": 5, "cache_creation_input_tokens": 4,
                      "cache_read_input_tokens": 0}
-    events = _events(_stream(client, emu, token, {**payload, "messages": [_user("another question")]}).text)
+    events = _events(_stream(client, emu, token, {**payload, "messages": [user("another question")]}).text)
     assert events[0][1]["message"]["usage"] == {"input_tokens": 2 + 2, "output_tokens": 1,
                                                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4}
     changed = {**payload, "system": [{**rules, "text": rules["text"] + "!"}]}
     assert call(client, emu, changed, token).json()["usage"]["cache_creation_input_tokens"] == 4
-    on_message = body(messages=[_user([{"type": "text", "text": f"long doc {time.time_ns()}",
+    on_message = body(messages=[user([{"type": "text", "text": f"long doc {time.time_ns()}",
                                         "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "q?"}])])
     usages = [call(client, emu, on_message, token).json()["usage"] for _ in range(2)]
     assert [(u["cache_creation_input_tokens"], u["cache_read_input_tokens"], u["input_tokens"]) for u in usages] == [
@@ -779,21 +881,21 @@ def test_prompt_cache_creation_then_read(client, emu, token):
 
 
 def test_prompt_cache_is_bounded():
-    cache = emu_module.PromptCache(size=2)
-    assert [cache.use((key, 5)) for key in "abca"] == [emu_module.CacheUse(created=5)] * 4  # a was forgotten
-    assert cache.use(("a", 5)) == emu_module.CacheUse(read=5)
-    assert cache.use(None) == emu_module.CacheUse()
+    cache = model.PromptCache(size=2)
+    assert [cache.use((key, 5)) for key in "abca"] == [model.CacheUse(created=5)] * 4  # a was forgotten
+    assert cache.use(("a", 5)) == model.CacheUse(read=5)
+    assert cache.use(None) == model.CacheUse()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
 def test_refusal_pause_and_unicode_triggers(client, emu, token, stream):
-    refused = _answer(client, emu, token, body(messages=[_user("do it [[refusal]]")]), stream)
+    refused = _answer(client, emu, token, body(messages=[user("do it [[refusal]]")]), stream)
     assert (refused["content"], refused["stop_reason"]) == ([{"type": "text", "text": "I can't help with that."}],
                                                             "refusal")
-    paused = _answer(client, emu, token, body(tools=TOOLS, messages=[_user("weather [[pause]]")]), stream)
+    paused = _answer(client, emu, token, body(tools=TOOLS, messages=[user("weather [[pause]]")]), stream)
     assert (paused["content"], paused["stop_reason"]) == ([{"type": "text", "text": "You said: weather [[pause]]"}],
                                                           "pause_turn")
-    payload = body(messages=[_user("[[unicode]] hi")])
+    payload = body(messages=[user("[[unicode]] hi")])
     resp = _stream(client, emu, token, payload) if stream else call(client, emu, payload, token)
     assert "世界".encode() in resp.content  # raw UTF-8, not \u escapes
     assert _answer(client, emu, token, payload, stream)["content"][0]["text"] == (
@@ -801,12 +903,12 @@ def test_refusal_pause_and_unicode_triggers(client, emu, token, stream):
 
 
 def test_streamed_frames_are_split_inside_a_character():
-    assert emu_module._split_inside_character("data: é!".encode()) == [b"data: \xc3", b"\xa9!"]
-    assert emu_module._split_inside_character(b"data: plain") == [b"data: plain"]
+    assert handlers.split_inside_character("data: é!".encode()) == [b"data: \xc3", b"\xa9!"]
+    assert handlers.split_inside_character(b"data: plain") == [b"data: plain"]
 
 
 def test_vertex_event_trigger(client, emu, token):
-    payload = body(messages=[_user("[[vertex-event]] hi")])
+    payload = body(messages=[user("[[vertex-event]] hi")])
     events = _events(_stream(client, emu, token, payload).text)
     names = [n for n, _ in events]
     at = names.index("vertex_event")
@@ -816,7 +918,7 @@ def test_vertex_event_trigger(client, emu, token):
 
 
 def test_stream_error_trigger(client, emu, token):
-    payload = body(messages=[_user("[[stream-error:overloaded]] go")])
+    payload = body(messages=[user("[[stream-error:overloaded]] go")])
     resp = _stream(client, emu, token, payload)
     events = _events(resp.text)
     assert resp.status_code == 200
@@ -829,7 +931,7 @@ def test_stream_error_trigger(client, emu, token):
 
 
 def test_cut_trigger(client, emu, token):
-    payload = body(messages=[_user("[[cut]] go")])
+    payload = body(messages=[user("[[cut]] go")])
     events = _events(_stream(client, emu, token, payload).text)  # the body ends, complete, before message_stop
     assert [n for n, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
                                       "content_block_delta"]
@@ -843,7 +945,7 @@ def test_cut_trigger(client, emu, token):
 def test_status_trigger(client, emu, token, code, status):
     error = {"error": {"code": code, "message": f"Injected error {code}", "status": status}}
     for stream in (False, True):
-        payload = body(messages=[_user(f"please [[status:{code}]]")])
+        payload = body(messages=[user(f"please [[status:{code}]]")])
         resp = _stream(client, emu, token, payload) if stream else call(client, emu, payload, token)
         assert resp.status_code == code
         assert resp.json() == ([error] if code == 429 else error)
@@ -854,6 +956,156 @@ def test_triggers_in_tool_results(client, emu, token):
     loop = _tool_loop()
     loop[-1]["content"][0]["content"] = "[[status:503]]"
     assert call(client, emu, body(messages=loop), token).status_code == 503
+
+
+# --- token counting ----------------------------------------------------------------------------------------
+
+def count_url(emu: Running, location: str = "us-east5", colon: str = ":") -> str:
+    return f"{emu.url}/v1/projects/p1/locations/{location}/publishers/anthropic/models/count-tokens{colon}rawPredict"
+
+
+def count_body(**changes: Any) -> dict:
+    """A valid count-tokens body (Anthropic's count_tokens, with `model`); a change to DROP removes the key."""
+    merged = {"anthropic_version": "vertex-2023-10-16", "model": MODEL,
+              "messages": [user("hello there world")], **changes}
+    return {k: v for k, v in merged.items() if v is not DROP}
+
+
+def count(client: httpx.Client, emu: Running, payload: Any, token: str | None = STATIC_TOKEN,
+          **url: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post(count_url(emu, **url), content=json.dumps(payload), headers=headers)
+
+
+COUNTED = {
+    "text": {},
+    "system and tools": {"system": [{"type": "text", "text": "Be very brief."}], "tools": TOOLS,
+                         "tool_choice": {"type": "auto"}},
+    "tool loop": {"messages": _tool_loop(), "system": "two words"},
+    "thinking loop": {"thinking": THINKING, "messages": [
+        user("weather?"), {"role": "assistant", "content": [
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}]},
+        user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18C sun"}]}])]},
+    "cache marks": {"system": [{"type": "text", "text": f"cached rules {time.time_ns()}",
+                                "cache_control": {"type": "ephemeral"}}]},
+}
+
+
+@pytest.mark.parametrize("changes", COUNTED.values(), ids=COUNTED.keys())
+def test_count_tokens_counts_as_usage_does(client, emu, token, changes):
+    resp = count(client, emu, count_body(**changes), token)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    counted = resp.json()
+    thinking = {"max_tokens": 2000} if "thinking" in changes else {}
+    generated = call(client, emu, body(**{k: v for k, v in changes.items()}, **thinking), token).json()["usage"]
+    total = (generated["input_tokens"] + generated["cache_creation_input_tokens"]
+             + generated["cache_read_input_tokens"])
+    assert counted == {"input_tokens": total} and total > 0
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5-20250929", "claude-opus-4-6", "claude-3-5-haiku@20241022"])
+def test_count_tokens_takes_vertex_and_first_party_ids(client, emu, model):
+    assert count(client, emu, count_body(model=model)).json() == {"input_tokens": 3}
+
+
+def test_count_tokens_percent_encoded_colon(client, emu):
+    resp = client.post(count_url(emu, colon="%3A"), json=count_body(),
+                       headers={"Authorization": f"Bearer {STATIC_TOKEN}"})
+    assert resp.json() == {"input_tokens": 3}
+
+
+COUNT_RULES: list[tuple[str, Any, str]] = [
+    ("not an object", [], "Input should be a valid dictionary"),
+    ("max_tokens", count_body(max_tokens=100), "max_tokens: Extra inputs are not permitted"),
+    ("stream", count_body(stream=True), "stream: Extra inputs are not permitted"),
+    ("temperature", count_body(temperature=0.5), "temperature: Extra inputs are not permitted"),
+    ("no model", count_body(model=DROP), "model: Field required"),
+    ("model not a string", count_body(model=5), "model: Input should be a valid string"),
+    ("no version", count_body(anthropic_version=DROP), "anthropic_version: Field required"),
+    ("no messages", count_body(messages=DROP), "messages: Field required"),
+    ("empty text", count_body(messages=[user("")]), "messages: text content blocks must be non-empty"),
+    ("orphan tool_result", count_body(messages=[user([{"type": "tool_result", "tool_use_id": "toolu_9"}])]),
+     "messages.0.content.0: unexpected `tool_use_id`"),
+    ("image url", count_body(messages=[user([{"type": "image", "source": {"type": "url", "url": "https://x"}}])]),
+     "messages.0.content.0.source: URL sources are not supported"),
+    ("tool name", count_body(tools=[{"name": "a.b", "input_schema": {}}]), "tools.0.name: String should match"),
+    ("thinking budget", count_body(thinking={"type": "enabled", "budget_tokens": 10}),
+     "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"),
+    ("thinking forced tool", count_body(thinking=THINKING, tools=TOOLS, tool_choice={"type": "any"}),
+     "Thinking may not be enabled when tool_choice forces tool use."),
+    ("system block", count_body(system=[{"type": "text", "text": " "}]), "system: text content blocks must contain"),
+]
+
+
+@pytest.mark.parametrize("payload, message", [(p, m) for _, p, m in COUNT_RULES], ids=[n for n, _, _ in COUNT_RULES])
+def test_count_tokens_body_rule(client, emu, payload, message):
+    resp = count(client, emu, payload)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["type"] == "error" and resp.json()["error"]["type"] == "invalid_request_error"
+    assert resp.json()["error"]["message"].startswith(message), resp.json()
+
+
+def test_count_tokens_not_json_is_400(client, emu):
+    resp = client.post(count_url(emu), content=b"{", headers={"Authorization": f"Bearer {STATIC_TOKEN}"})
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_count_tokens_unknown_model_is_404(client, emu):
+    resp = count(client, emu, count_body(model="claude-nope-1"), location="europe-west1")
+    assert (resp.status_code, resp.json()) == (404, {"error": {"code": 404, "status": "NOT_FOUND", "message": (
+        "Publisher Model `projects/p1/locations/europe-west1/publishers/anthropic/models/claude-nope-1` not found.")}})
+
+
+def test_count_tokens_is_not_on_global(client, emu):
+    resp = count(client, emu, count_body(), location="global")
+    assert (resp.status_code, resp.json()) == (404, {"error": {"code": 404, "status": "NOT_FOUND", "message": (
+        "Publisher Model `projects/p1/locations/global/publishers/anthropic/models/count-tokens` not found.")}})
+    assert count(client, emu, count_body(), location="us").status_code == 200  # multi-region endpoints have it
+
+
+@pytest.mark.parametrize("bearer", [None, "ya29.forged"])
+def test_count_tokens_auth_comes_first(client, emu, bearer):
+    for location in ("us-east5", "global"):
+        resp = count(client, emu, {"not": "valid"}, bearer, location=location)
+        assert (resp.status_code, resp.json()) == (401, GOOGLE_401)
+
+
+def test_count_tokens_with_a_real_token(client, emu, token):
+    assert count(client, emu, count_body(), token).json() == {"input_tokens": 3}
+
+
+def test_count_tokens_status_trigger(client, emu):
+    resp = count(client, emu, count_body(messages=[user("hi [[status:429]]")]))
+    assert (resp.status_code, resp.json()) == (429, [{"error": {"code": 429, "message": "Injected error 429",
+                                                               "status": "RESOURCE_EXHAUSTED"}}])
+    # a call trigger is the generating endpoints' business: counting does not look at it
+    assert count(client, emu, count_body(messages=[user("[[call:nope]]")])).json() == {"input_tokens": 1}
+
+
+def test_count_tokens_faults(client, emu, faults):
+    faults({"match": {"model": MODEL}, "action": "status", "count": None},  # rawPredict's model: not count-tokens
+           {"match": {"model": "count-tokens"}, "action": "status", "status": 429, "retry_after": 3, "count": 1},
+           {"match": {"model": "count-tokens", "location": "us-east5"}, "action": "close", "count": 1})
+    assert count(client, emu, count_body(max_tokens=1)).status_code == 400  # a bad body shows first
+    limited = count(client, emu, count_body())
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    assert "base model: anthropic-count-tokens." in limited.json()["error"]["message"]
+    with pytest.raises(httpx.RemoteProtocolError):
+        count(client, emu, count_body())
+    assert count(client, emu, count_body()).json() == {"input_tokens": 3}
+    assert [r["fired"] for r in rules(client)] == [0, 1, 1]
+    assert client.get("/_emulator/stats").json()["model_requests"] == {"us-east5": 4}
+
+
+def test_count_tokens_in_the_request_log(client, emu):
+    client.delete("/_emulator/requests")
+    count(client, emu, count_body())
+    [entry] = client.get("/_emulator/requests").json()
+    assert entry["path"].endswith("/publishers/anthropic/models/count-tokens:rawPredict")
+    assert (entry["status"], entry["authorized"], entry["body"]) == (200, True, count_body())
+    assert entry["response"] == {"body": {"input_tokens": 3}}
 
 
 # --- admin ---------------------------------------------------------------------------------------------------
@@ -876,16 +1128,19 @@ def test_request_log_redacts_token(client, emu, token):
 
 
 def test_settings_endpoint(client):
-    assert client.get("/_emulator/settings").json() == {"pace_ms": 0, "token_ttl": 3600}
-    assert client.post("/_emulator/settings", json={"pace_ms": -1}).status_code == 400
-    assert client.post("/_emulator/settings", json={"speed": 1}).status_code == 400
+    assert client.get("/_emulator/settings").json() == {"pace_ms": 0, "token_ttl": 3600,
+                                                        "gemini_embedding_instances": 250}
+    for bad in ({"pace_ms": -1}, {"speed": 1}, {"gemini_embedding_instances": 0},
+                {"gemini_embedding_instances": 251}, {"gemini_embedding_instances": True}):
+        assert client.post("/_emulator/settings", json=bad).status_code == 400, bad
+    assert client.get("/_emulator/settings").json()["gemini_embedding_instances"] == 250
 
 
 # --- process -------------------------------------------------------------------------------------------------
 
-def test_in_process_start_and_stop():
+def test_in_process_start_andstop():
     async def scenario() -> tuple[int, str]:
-        running = await emu_module.start(accept_tokens=[STATIC_TOKEN])
+        running = await server.start(accept_tokens=[STATIC_TOKEN])
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
                 resp = await c.post(
@@ -901,39 +1156,21 @@ def test_in_process_start_and_stop():
 
 
 def test_trusted_key_and_clean_sigterm(tmp_path):
-    own = emu_module.new_service_account("trusted-project", "http://unused/token")
+    own = credentials.new_service_account("trusted-project", "http://unused/token")
     trusted = tmp_path / "trusted.json"
     trusted.write_text(json.dumps(own))
-    running = _launch(tmp_path, "--trust", str(trusted))
+    running = launch(tmp_path, "--trust", str(trusted))
     try:
         creds = service_account.Credentials.from_service_account_info(
             {**own, "token_uri": f"{running.url}/token"}, scopes=SCOPES)
         creds.refresh(HttpxRequest())
         assert creds.token.startswith("ya29.emu-")
     finally:
-        assert _stop(running.proc) == 0
+        assert stop(running.proc) == 0
     assert "Traceback" not in running.stderr_path.read_text()
 
 
 # --- fault rules and stats -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def faults(client: httpx.Client) -> Iterator[Callable[..., list[dict]]]:
-    """Post fault rules (returns the listing); the rules and stats start empty, and the rules go afterwards."""
-    def add(*rules: dict) -> list[dict]:
-        resp = client.post("/_emulator/faults", json={"rules": list(rules)})
-        assert resp.status_code == 200, resp.text
-        return resp.json()["rules"]
-
-    client.delete("/_emulator/faults")
-    client.delete("/_emulator/stats")
-    yield add
-    client.delete("/_emulator/faults")
-
-
-def _rules(client: httpx.Client) -> list[dict]:
-    return client.get("/_emulator/faults").json()["rules"]
-
 
 def _call(client: httpx.Client, emu: Running, stream: bool, location: str = "us-east5") -> httpx.Response:
     method = "streamRawPredict" if stream else "rawPredict"
@@ -960,9 +1197,9 @@ def test_fault_rules_api(client, faults):
         {"match": {}, "action": "status", "count": None, "status": 429, "array": False, "gzip": False,
          "retry_after": None, "fired": 0, "remaining": None}]
     faults({"action": "close", "count": 1})
-    assert [r["action"] for r in _rules(client)] == ["cut", "status", "close"]  # appended
+    assert [r["action"] for r in rules(client)] == ["cut", "status", "close"]  # appended
     assert client.delete("/_emulator/faults").json() == {"ok": True}
-    assert _rules(client) == []
+    assert rules(client) == []
 
 
 @pytest.mark.parametrize("rule, problem", [
@@ -987,7 +1224,7 @@ def test_bad_fault_rules_are_400(client, faults, rule, problem):
     resp = client.post("/_emulator/faults", json={"rules": [{"action": "close", "count": 1}, rule]})
     assert resp.status_code == 400
     assert resp.json()["error"].startswith(problem), resp.json()
-    assert _rules(client) == []  # all or nothing
+    assert rules(client) == []  # all or nothing
 
 
 def test_bad_fault_payload_is_400(client, faults):
@@ -1007,7 +1244,7 @@ def test_status_fault(client, emu, faults, stream):
         "type": "overloaded_error", "message": "Overloaded"}})
     assert second.headers["retry-after"] == "7"
     assert third.status_code == 200
-    assert [r["remaining"] for r in _rules(client)] == [0, 0]
+    assert [r["remaining"] for r in rules(client)] == [0, 0]
 
 
 def test_gzipped_array_429(client, emu, faults):
@@ -1027,7 +1264,7 @@ def test_faults_wait_for_auth_and_a_valid_body(client, emu, token, faults):
     faults({"action": "status", "count": 1})
     assert call(client, emu, body(max_tokens=0), token).status_code == 400  # the translation bug shows
     assert call(client, emu, body(), "ya29.forged").status_code == 401
-    assert _rules(client)[0]["fired"] == 0
+    assert rules(client)[0]["fired"] == 0
     assert call(client, emu, body(), token).status_code == 429
     faults({"action": "close", "count": 1})  # close (like delay) fires on arrival, before the checks
     with pytest.raises(httpx.RemoteProtocolError):
@@ -1112,7 +1349,7 @@ def test_rules_match_in_order(client, emu, faults):
     token = client.post("/token", data={"grant_type": "refresh_token"})
     assert (token.status_code, token.json()) == (502, {"error": "internal_failure",
                                                        "error_description": "Internal failure"})
-    assert [r["fired"] for r in _rules(client)] == [2, 1, 1, 1]
+    assert [r["fired"] for r in rules(client)] == [2, 1, 1, 1]
 
 
 def test_counts_are_exact_under_concurrency(emu, client, faults):
@@ -1128,7 +1365,7 @@ def test_counts_are_exact_under_concurrency(emu, client, faults):
 
     statuses = asyncio.run(asyncio.wait_for(burst(), timeout=10))
     assert sorted(statuses) == [200] * 30 + [429] * 10  # the 20 delayed answered normally
-    assert [(r["fired"], r["remaining"]) for r in _rules(client)] == [(20, 0), (10, 0)]
+    assert [(r["fired"], r["remaining"]) for r in rules(client)] == [(20, 0), (10, 0)]
     assert client.get("/_emulator/stats").json() == {"model_requests": {"asia-northeast1": 40}, "token_requests": 0,
                                                      "faults_fired": 30}
 
@@ -1168,7 +1405,7 @@ def test_stats(client, emu, faults):
 
 
 def test_sigterm_with_stalled_and_delayed_requests(tmp_path):
-    running = _launch(tmp_path, "--accept-token", STATIC_TOKEN)
+    running = launch(tmp_path, "--accept-token", STATIC_TOKEN)
     try:
         with httpx.Client(base_url=running.url, trust_env=False, timeout=5) as admin:
             admin.post("/_emulator/faults", json={"rules": [
@@ -1186,12 +1423,12 @@ def test_sigterm_with_stalled_and_delayed_requests(tmp_path):
                     assert time.monotonic() < deadline, "the delayed request did not arrive"
                     time.sleep(0.02)
                 start = time.monotonic()
-                assert _stop(running.proc) == 0
+                assert stop(running.proc) == 0
                 assert time.monotonic() - start < 2
                 with pytest.raises(httpx.RemoteProtocolError):  # the stream ends without its last chunk
                     list(events)
                 assert delayed.recv(100) == b""  # closed without an answer
     finally:
         if running.proc.poll() is None:
-            _stop(running.proc)
+            stop(running.proc)
     assert "Traceback" not in running.stderr_path.read_text()

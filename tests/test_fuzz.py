@@ -181,7 +181,7 @@ ids = pool((8, GOOD_IDS), (2, ODD_IDS))
 names = pool((8, GOOD_NAMES), (2, ODD_NAMES))
 arguments = pool((12, GOOD_ARGS), (2, ODD_ARGS))
 image_url = pool((12, VALID_DATA_URLS), (2, INVALID_IMAGE_URLS), (1, PRIVATE_HTTP_URLS))
-breakpoint_ = st.sampled_from([{}, {"mode": "explicit"}])
+breakpoint_ = pool((15, [{"mode": "explicit"}]), (1, [{}]))  # `mode` is required: {} is refused
 
 text_part = st.fixed_dictionaries({"type": st.just("text"), "text": text},
                                   optional={"prompt_cache_breakpoint": breakpoint_})
@@ -198,16 +198,27 @@ file_part = st.fixed_dictionaries(
                       (1, st.sampled_from([{"file_id": "file-abc"}, {"filename": "a.pdf"}, {}])))},
     optional={"prompt_cache_breakpoint": breakpoint_})
 audio_part = st.just({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}})
-text_parts = st.lists(weighted((8, text_part), (1, refusal_part)), max_size=3)
-media_parts = st.lists(weighted((12, text_part), (4, image_part), (1, file_part), (1, refusal_part),
-                                (1, audio_part)), max_size=3)
-# media only where OpenAI allows it (user and tool messages); mutations put them elsewhere
-text_content = weighted((12, text), (6, text_parts), (1, st.none()))
-media_content = weighted((12, text), (8, media_parts), (1, st.none()))
 
-tool_call = st.fixed_dictionaries({"id": ids, "function": st.fixed_dictionaries({"name": names,
-                                                                                  "arguments": arguments})},
-                                  optional={"type": st.just("function")})
+
+def parts(part: st.SearchStrategy) -> st.SearchStrategy:
+    """A list of content parts; now and then the empty list OpenAI refuses."""
+    return weighted((24, st.lists(part, min_size=1, max_size=3)), (1, st.just([])))
+
+
+text_parts = parts(text_part)
+assistant_parts = parts(weighted((8, text_part), (1, refusal_part)))
+media_parts = parts(weighted((12, text_part), (4, image_part), (1, file_part), (1, audio_part), (1, refusal_part)))
+# each role's parts as OpenAI allows them (media in user and tool messages, refusals in assistant ones, a refusal
+# elsewhere now and then); mutations put anything anywhere
+text_content = weighted((24, text), (12, text_parts), (1, st.none()))  # null content: refused but for assistants
+assistant_content = weighted((12, text), (6, assistant_parts), (2, st.none()))
+media_content = weighted((24, text), (16, media_parts), (1, st.none()))
+
+tool_call = weighted(
+    (24, st.fixed_dictionaries({"id": ids, "type": st.just("function"),
+                                "function": st.fixed_dictionaries({"name": names, "arguments": arguments})})),
+    (1, st.fixed_dictionaries({"id": ids, "function": st.fixed_dictionaries({"name": names})})),  # type, arguments
+)
 tool_calls = weighted((12, st.lists(tool_call, min_size=1, max_size=3)), (1, st.just([])))
 
 
@@ -216,8 +227,10 @@ def message(draw) -> dict:
     role = draw(pool((4, ["user"]), (4, ["assistant"]), (1, ["system"]), (1, ["developer"]), (1, ["tool"])))
     msg: dict = {"role": role}
     dice = draw(st.integers(0, 2 ** 20 - 1))  # one draw for the choices below
-    if dice % 8:
-        msg["content"] = draw(media_content if role in ("user", "tool") else text_content)
+    # only an assistant message may go without content (a draw of its own: hypothesis favours a dice of 0)
+    if draw(pool((7, [True]), (1, [False])) if role == "assistant" else pool((63, [True]), (1, [False]))):
+        msg["content"] = draw(media_content if role in ("user", "tool") else
+                              assistant_content if role == "assistant" else text_content)
     if role == "assistant" and dice // 8 % 3 == 0:
         msg["tool_calls"] = draw(tool_calls)
     if role == "assistant" and dice // 24 % 6 == 0:
@@ -234,7 +247,7 @@ def tool_loop(draw) -> list[dict]:
     """An assistant turn calling tools, then tool messages answering some or all of them in any order (or one
     twice, or ones it did not make), now and then with another message in between."""
     calls = draw(st.lists(tool_call, min_size=1, max_size=3))
-    out = [{"role": "assistant", "content": draw(text_content), "tool_calls": calls}]
+    out = [{"role": "assistant", "content": draw(assistant_content), "tool_calls": calls}]
     call_ids = [c["id"] for c in calls]
     answered = draw(weighted((8, st.permutations(call_ids).flatmap(
         lambda order: st.integers(0, len(order)).map(lambda k: order[:k]))),
@@ -844,7 +857,8 @@ def chain(tmp_path_factory):
         loop.run_until_complete(fake.start())
         path = tmp_path_factory.mktemp("fuzz") / "modelmux.yaml"
         path.write_text(CONFIG.format(port=fake.port, token=TOKEN))
-        tctx.configure(next(a for a in addons if isinstance(a, ConfigLoader)), modelmux_config=str(path))
+        tctx.configure(next(a for a in addons if isinstance(a, ConfigLoader)), listen_host="127.0.0.1",
+                       modelmux_config=str(path))
         assert runtime.current is not None and runtime.current.config.images.allow_private_networks is False
         yield loop, addons, fake
         translate = next(a for a in addons if isinstance(a, Translate))
@@ -910,6 +924,188 @@ def test_translator_raises_4xx_or_builds_a_valid_vertex_body(raw, vertex_model, 
     assert not problems, "\n".join([f"body: {raw!r}", f"model {vertex_model}, version {version}", *problems])
 
 
+# --- bad input parity (issue 10, point 7) --------------------------------------------------------------------
+# Bodies that are served but for one value OpenAI refuses (a boolean as a number, a wrong type, out of range, an
+# oversize metadata map, an unknown enum value, a mis-shaped tool or content part): each must be answered locally
+# with a 400 naming that parameter, never sent to Vertex. And the same bodies with only values OpenAI accepts in
+# those fields must be served: the checks refuse no more than OpenAI does.
+
+PARITY_EXAMPLES = 1_000
+SERVED_EXAMPLES = 400
+PLAIN_ENCODINGS = [None, None, "gzip", "identity"]
+
+short_text = st.text(max_size=12)
+# every field a served body may carry, with values OpenAI accepts (null is "not given")
+VALID_FIELDS: dict[str, st.SearchStrategy] = {
+    "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
+    "frequency_penalty": st.floats(-2, 2), "presence_penalty": st.floats(-2, 2),
+    "seed": st.integers(-2 ** 63, 2 ** 63 - 1), "max_tokens": st.integers(1, 10 ** 6),
+    "max_completion_tokens": st.integers(1, 10 ** 6) | st.integers(1, 1000).map(float),
+    "n": st.just(1), "top_logprobs": st.just(0), "logprobs": st.just(False), "logit_bias": st.just({}),
+    "metadata": st.dictionaries(short_text, short_text, max_size=4)
+    | st.just({f"{i:0>64}": "v" * 512 for i in range(16)}),  # OpenAI's limits, exactly
+    "store": st.booleans(), "stream": st.booleans(), "parallel_tool_calls": st.booleans(),
+    "service_tier": st.sampled_from(["auto", "default", "flex", "scale", "priority", "fast"]),
+    "verbosity": st.sampled_from(["low", "medium", "high"]),
+    "reasoning_effort": st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh", "max"]),
+    "prompt_cache_retention": st.sampled_from(["in_memory", "24h"]),
+    "prompt_cache_options": st.fixed_dictionaries({}, optional={"ttl": st.just("30m"),
+                                                                "mode": st.sampled_from(["implicit", "explicit"])}),
+    "user": short_text, "prompt_cache_key": short_text, "safety_identifier": short_text | st.just("s" * 64),
+    "stop": short_text | st.lists(short_text, min_size=1, max_size=4),
+    "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans(),
+                                                          "include_obfuscation": st.booleans()}),
+    "modalities": st.just(["text"]), "web_search_options": st.just({}),
+    "prediction": st.fixed_dictionaries({"type": st.just("content"), "content": short_text}),
+    "moderation": st.fixed_dictionaries({"model": short_text}),
+    "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+    "tools": st.just([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+}
+valid_field_value = {name: weighted((9, strat), (1, st.none())) for name, strat in VALID_FIELDS.items()}
+
+any_json = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _not(*kinds: type) -> st.SearchStrategy:
+    """A JSON value of none of these Python types (bool is not int here), never null (null is "not given")."""
+    def other(v: object) -> bool:
+        if v is None:
+            return False
+        if isinstance(v, bool):
+            return bool not in kinds
+        return not isinstance(v, kinds)
+    return any_json.filter(other)
+
+
+def cases_for(field: str, klass: str, values: st.SearchStrategy, param: str | None = None) -> st.SearchStrategy:
+    """(class, field, value, param OpenAI names): `field` set to each value, on an otherwise served body."""
+    return values.map(lambda v: (klass, field, v, param or field))
+
+
+fractional = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
+NUMBER_RANGES = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
+INTEGER_RANGES = {"seed": (-2 ** 63, 2 ** 63 - 1), "n": (1, 128), "top_logprobs": (0, 20), "max_tokens": (None, None),
+                  "max_completion_tokens": (None, None)}
+ENUMS = {"service_tier": ["auto", "default", "flex", "scale", "priority", "fast"], "verbosity": ["low", "medium", "high"],
+         "reasoning_effort": ["none", "minimal", "low", "medium", "high", "xhigh", "max"],
+         "prompt_cache_retention": ["in_memory", "24h"]}
+BAD: list[st.SearchStrategy] = []
+for _f, (_lo, _hi) in NUMBER_RANGES.items():
+    BAD += [cases_for(_f, "boolean as a number", st.booleans()),
+            cases_for(_f, "wrong type", _not(int, float)),
+            cases_for(_f, "out of range", st.floats(_hi, exclude_min=True, allow_infinity=False)
+                      | st.floats(max_value=_lo, exclude_max=True, allow_infinity=False) | st.integers(_hi + 1))]
+for _f, (_lo, _hi) in INTEGER_RANGES.items():
+    BAD += [cases_for(_f, "boolean as a number", st.booleans()),
+            cases_for(_f, "wrong type", _not(int, float) | fractional)]
+    if _hi is not None:
+        BAD.append(cases_for(_f, "out of range", st.integers(_hi + 1) | st.integers(max_value=_lo - 1)))
+for _f in ("store", "stream", "logprobs", "parallel_tool_calls"):
+    BAD += [cases_for(_f, "number as a boolean", st.integers(0, 1)), cases_for(_f, "wrong type", _not(bool))]
+for _f in ("user", "prompt_cache_key", "safety_identifier"):
+    BAD.append(cases_for(_f, "wrong type", _not(str)))
+for _f, _choices in ENUMS.items():
+    BAD += [cases_for(_f, "not in the enum", st.text(max_size=8).filter(lambda t, c=_choices: t not in c)),
+            cases_for(_f, "wrong type", _not(str))]
+BAD += [
+    cases_for("safety_identifier", "too long", st.integers(65, 300).map(lambda n: "s" * n)),
+    cases_for("metadata", "wrong type", _not(dict)),
+    cases_for("metadata", "oversize metadata", st.integers(17, 40).map(lambda n: {f"k{i}": "v" for i in range(n)})),
+    cases_for("metadata", "oversize metadata", st.integers(65, 200).map(lambda n: {"k" * n: "v"})),
+    st.tuples(st.text(min_size=1, max_size=8), st.integers(513, 2000)).map(
+        lambda kv: ("oversize metadata", "metadata", {kv[0]: "v" * kv[1]}, f"metadata.{kv[0]}")),
+    st.tuples(st.text(min_size=1, max_size=8), _not(str)).map(
+        lambda kv: ("wrong type", "metadata", {kv[0]: kv[1]}, f"metadata.{kv[0]}")),
+    st.tuples(st.integers(0, 10 ** 6), st.integers(101) | st.integers(max_value=-101)).map(
+        lambda kv: ("out of range", "logit_bias", {str(kv[0]): kv[1]}, f"logit_bias.{kv[0]}")),
+    cases_for("logit_bias", "wrong type", _not(dict)),
+    cases_for("stop", "wrong type", _not(str, list)),
+    cases_for("stop", "too many stop sequences", st.lists(short_text, min_size=5, max_size=8)),
+    st.tuples(st.lists(short_text, max_size=3), _not(str)).map(
+        lambda t: ("wrong type", "stop", [*t[0], t[1]], f"stop[{len(t[0])}]")),
+    cases_for("stream_options", "wrong type", _not(dict)),
+    cases_for("stream_options", "wrong type", _not(bool).map(lambda v: {"include_usage": v}),
+              "stream_options.include_usage"),
+    cases_for("modalities", "not in the enum", st.just(["video"]), "modalities[0]"),
+    cases_for("prediction", "wrong type", _not(str, list).map(lambda v: {"type": "content", "content": v}),
+              "prediction.content"),
+    cases_for("response_format", "not in the enum", st.text(max_size=8).filter(
+        lambda t: t not in ("text", "json_object", "json_schema")).map(lambda t: {"type": t}), "response_format.type"),
+    cases_for("web_search_options", "wrong type", _not(dict)),
+    cases_for("tools", "tool shape", _not(list)),
+    cases_for("tools", "tool shape", _not(dict).map(lambda v: [v]), "tools[0]"),
+    cases_for("tools", "tool shape", st.just([{"type": "function"}]), "tools[0].function"),
+    cases_for("tools", "tool shape", _not(str).map(lambda v: [{"type": "function", "function": {"name": v}}]),
+              "tools[0].function.name"),
+    cases_for("tool_choice", "tool shape", _not(str, dict)),
+    cases_for("messages", "content part", _not(str).map(
+        lambda v: [{"role": "user", "content": [{"type": "text", "text": v}]}]), "messages[0].content[0].text"),
+    cases_for("messages", "content part", _not(dict).map(lambda v: [{"role": "user", "content": [v]}]),
+              "messages[0].content[0]"),
+    cases_for("messages", "content part", _not(str, list).map(lambda v: [{"role": "user", "content": v}]),
+              "messages[0].content"),
+    cases_for("messages", "content part", _not(str).map(
+        lambda v: [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": v}}]}]),
+              "messages[0].content[0].image_url.url"),
+]
+bad_case = st.sampled_from(BAD).flatmap(lambda s: s)
+
+
+@st.composite
+def served_body(draw, without: str | None = None) -> dict:
+    body: dict = {"model": draw(st.sampled_from(["gpt-4o", "gpt-4o-mini", "o3", "claude-opus-4-6"])),
+                  "messages": [{"role": "user", "content": draw(st.sampled_from(PLAIN_TEXT))}]}
+    names = sorted(set(VALID_FIELDS) - {without})
+    for name in draw(st.lists(st.sampled_from(names), max_size=6, unique=True)):
+        body[name] = draw(valid_field_value[name])
+    return body
+
+
+def _hook_flow(chain, body: dict, route: dict, encoding: str | None):
+    loop, addons, fake = chain
+    flow = make_flow(json.dumps(body).encode(), encoding=encoding, **route)
+    fake.calls.clear()
+    loop.run_until_complete(asyncio.wait_for(run_request_hooks(addons, flow), timeout=30))
+    return flow, list(fake.calls)
+
+
+@st.composite
+def refused_body(draw) -> tuple[str, str, dict]:
+    """(class, the parameter OpenAI names, a served body but for that one value)."""
+    klass, field, value, param = draw(bad_case)
+    return klass, param, {**draw(served_body(without=field)), field: value}
+
+
+@settings(FUZZ, max_examples=PARITY_EXAMPLES)
+@given(case=refused_body(), route=st.sampled_from(ROUTES), encoding=st.sampled_from(PLAIN_ENCODINGS))
+def test_a_value_openai_refuses_is_a_400_naming_it_never_sent(chain, case, route, encoding):
+    klass, param, body = case
+    flow, calls = _hook_flow(chain, body, route, encoding)
+    assert flow.response is not None and flow.metadata.get("modelmux") is None and not calls, \
+        f"served: {body!r} ({klass})"
+    problems = error_problems(flow.response.status_code, flow.response.content or b"")
+    err = json.loads(flow.response.content)["error"]
+    assert not problems and flow.response.status_code == 400 and err["param"] == param, \
+        (f"{klass}: {body!r}", flow.response.status_code, err, problems)
+    COUNTS[f"parity: 400 for {klass}"] += 1
+
+
+@settings(FUZZ, max_examples=SERVED_EXAMPLES)
+@given(body=served_body(), route=st.sampled_from(ROUTES), encoding=st.sampled_from(PLAIN_ENCODINGS))
+def test_values_openai_accepts_are_served(chain, body, route, encoding):
+    loop, addons, fake = chain
+    flow, calls = _hook_flow(chain, body, route, encoding)
+    assert flow.metadata.get("modelmux") is not None, \
+        (body, flow.response and flow.response.status_code, flow.response and flow.response.content)
+    translate = next(a for a in addons if isinstance(a, Translate))
+    origin = ("api.openai.com", 443)
+    problems = flow_problems(flow, origin, calls, translate, fake.port)
+    assert not problems, "\n".join([f"body: {body!r}", *problems])
+    COUNTS["parity: served"] += 1
+
+
 def test_zz_fuzz_counts():
     """Runs last: the issue's 10,000 bodies went through the hook path; the tallies go to the run's summary."""
     if not COUNTS["bodies"]:
@@ -917,3 +1113,7 @@ def test_zz_fuzz_counts():
     report.add("fuzz tallies: " + ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items())))
     assert COUNTS["bodies"] >= HOOK_EXAMPLES, \
         f"only {COUNTS['bodies']} bodies went through the hook path: did its fuzz test stop at a failure?"
+    parity = sum(v for k, v in COUNTS.items() if k.startswith("parity: 400"))
+    assert parity >= PARITY_EXAMPLES, f"only {parity} refused-value bodies were checked"
+    assert {k for k in COUNTS if k.startswith("parity: 400")} >= {
+        f"parity: 400 for {k}" for k in ("boolean as a number", "wrong type", "out of range", "oversize metadata")}

@@ -3,6 +3,7 @@ mapping; an invalid edit is refused with a log line and the previous configurati
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -51,3 +52,27 @@ def test_config_edit_applies_without_dropping_a_stream(tmp_path):
         assert "regoin: unknown key" in proxy.proc.output()
         api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "still"}])
         assert emu.last_request()["path"].endswith("claude-opus-4-5@20251101:rawPredict")
+
+
+def test_an_edit_whose_dump_cannot_be_opened_is_refused_and_the_watcher_keeps_running(tmp_path):
+    """Issue 10, point 6: the dump path is a directory (it cannot be opened as a file, even by root)."""
+    with emulator_and_proxy(tmp_path) as (proxy, emu):
+        api = openai.OpenAI(api_key=CLIENT_KEY, base_url=f"http://127.0.0.1:{proxy.reverse_port}/v1", max_retries=0,
+                            timeout=30)
+        config = tmp_path / "modelmux.yaml"
+        original = config.read_text()
+        opus = original.replace("gpt-4o: claude-sonnet-4-5@20250929", "gpt-4o: claude-opus-4-5@20251101")
+        config.write_text(opus + f"dump: {{path: {tmp_path}}}\n")
+        wait_for_line(proxy.proc, "keeping the previous configuration")
+        refusal = next(line for line in proxy.proc.output().splitlines() if "keeping the previous" in line)
+        assert f"the dump file {tmp_path} (dump.path / --dump) cannot be opened: Is a directory" in refusal
+        api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "before"}])
+        assert emu.last_request()["path"].endswith("claude-sonnet-4-5@20250929:rawPredict")  # the previous mapping
+
+        dump = tmp_path / "pairs.jsonl"  # still watching: the next edit applies, its dump included
+        config.write_text(opus + f"dump: {{path: {dump}}}\n")
+        wait_for_line(proxy.proc, "reloaded")
+        api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "after"}])
+        assert emu.last_request()["path"].endswith("claude-opus-4-5@20251101:rawPredict")
+    assert [json.loads(line)["openai_request"]["messages"][0]["content"] for line in dump.read_text().splitlines()] \
+        == ["after"]

@@ -56,23 +56,37 @@ def test_pain1_a_late_system_message_keeps_the_earlier_prefix_byte_identical():
 
 # --- pain 2 and 3: tools, tool_choice, names and ids ----------------------------------------------------------
 
-def test_pain2_tools_and_tool_choice():
-    bare = {"type": "function", "function": {"name": "ping"}}  # no description, no parameters: valid OpenAI
-    v = vertex(body(tools=[WEATHER, bare]))
-    assert v.body["tools"] == [
-        {"name": "get_weather", "description": "Weather for a city", "input_schema": WEATHER["function"]["parameters"]},
-        {"name": "ping", "input_schema": {"type": "object", "properties": {}}}]
-    assert "tool_choice" not in v.body
-    for choice, want in [("auto", {"type": "auto"}), ("none", {"type": "none"}), ("required", {"type": "any"}),
-                         ({"type": "function", "function": {"name": "ping"}}, {"type": "tool", "name": "ping"})]:
-        assert vertex(body(tools=[WEATHER, bare], tool_choice=choice)).body["tool_choice"] == want
-    v = vertex(body(tools=[WEATHER], parallel_tool_calls=False))
-    assert v.body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
-    v = vertex(body(tools=[WEATHER, bare], tool_choice={"type": "allowed_tools", "allowed_tools": {
-        "mode": "required", "tools": [{"type": "function", "function": {"name": "ping"}}]}}))
-    assert [t["name"] for t in v.body["tools"]] == ["ping"] and v.body["tool_choice"] == {"type": "any"}
-    strict = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
-    assert "strict" not in vertex(body(tools=[strict])).body["tools"][0]
+BARE = {"type": "function", "function": {"name": "ping"}}  # no description, no parameters: valid OpenAI
+WEATHER_FOR_CLAUDE = {"name": "get_weather", "description": "Weather for a city",
+                      "input_schema": WEATHER["function"]["parameters"]}
+PING_FOR_CLAUDE = {"name": "ping", "input_schema": {"type": "object", "properties": {}}}
+ALLOWED_PING = {"type": "allowed_tools", "allowed_tools": {
+    "mode": "required", "tools": [{"type": "function", "function": {"name": "ping"}}]}}
+
+
+@pytest.mark.parametrize("kw, want_tools, want_choice", [
+    pytest.param({"tools": [WEATHER, BARE]}, [WEATHER_FOR_CLAUDE, PING_FOR_CLAUDE], None, id="tools-no-choice"),
+    pytest.param({"tools": [WEATHER, BARE], "tool_choice": "auto"}, None, {"type": "auto"}, id="auto"),
+    pytest.param({"tools": [WEATHER, BARE], "tool_choice": "none"}, None, {"type": "none"}, id="none"),
+    pytest.param({"tools": [WEATHER, BARE], "tool_choice": "required"}, None, {"type": "any"}, id="required"),
+    pytest.param({"tools": [WEATHER, BARE], "tool_choice": {"type": "function", "function": {"name": "ping"}}}, None,
+                 {"type": "tool", "name": "ping"}, id="named-function"),
+    pytest.param({"tools": [WEATHER], "parallel_tool_calls": False}, None,
+                 {"type": "auto", "disable_parallel_tool_use": True}, id="parallel-tool-calls-off"),
+    pytest.param({"tools": [WEATHER, BARE], "tool_choice": ALLOWED_PING}, ["ping"], {"type": "any"},
+                 id="allowed-tools"),
+    pytest.param({"tools": [{"type": "function", "function": {**WEATHER["function"], "strict": True}}]},
+                 [WEATHER_FOR_CLAUDE], None, id="strict-not-sent"),
+])
+def test_pain2_tools_and_tool_choice(kw, want_tools, want_choice):
+    v = vertex(body(**kw)).body
+    if want_tools is not None:
+        got = v["tools"] if isinstance(want_tools[0], dict) else [t["name"] for t in v["tools"]]
+        assert got == want_tools
+    if want_choice is None:
+        assert "tool_choice" not in v
+    else:
+        assert v["tool_choice"] == want_choice
 
 
 @pytest.mark.parametrize("kw, param", [
@@ -303,7 +317,7 @@ def test_pain13_thinking_goes_back_upstream_in_a_tool_loop():
     (b"[1]", None),
     (body(messages=[]), "messages"),
     (body(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role"),
-    (body(messages=[{"role": "user", "content": [{"type": "video", "url": "x"}]}]), "messages[0].content[0]"),
+    (body(messages=[{"role": "user", "content": [{"type": "video", "url": "x"}]}]), "messages[0].content[0].type"),
     (body(model=""), "model"),
     (body(messages=[{"role": "system", "content": "only system"}]), "messages"),
     (body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import tracemalloc
+import zlib
 
 import pytest
 
 import procs
-from modelmux.upstream_http import FirstByteTimeout, IdleTimeout, UpstreamClient, UpstreamError
+import report
+from modelmux.upstream_http import BodyTooLarge, FirstByteTimeout, IdleTimeout, UpstreamClient, UpstreamError
 
 
 class Server:
@@ -133,6 +136,61 @@ def test_a_body_cut_short_is_an_error_and_gzip_is_decoded():
     assert zipped == body
 
 
+def bomb(inflated: int, wbits: int = 31) -> bytes:
+    """`inflated` zero bytes, compressed (gzip by default): a few kB that inflate to megabytes."""
+    z = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    zeros = bytes(1 << 20)
+    return b"".join([*(z.compress(zeros) for _ in range(inflated >> 20)), z.flush()])
+
+
+def test_a_compression_bomb_is_refused_while_it_inflates():
+    """64 MiB of zeros in ~64 kB of gzip (and of deflate) against a 1 MiB cap: BodyTooLarge, and what was held
+    while finding out stays near the cap (the whole body inflated would be 64 MiB)."""
+    async def main():
+        replies = [(ok(bomb(64 << 20), b"content-encoding: gzip\r\n"), False),
+                   (ok(bomb(64 << 20, 15), b"content-encoding: deflate\r\n"), False),
+                   (ok(bomb(1 << 20) + b""), False)]  # not announced as compressed: read as it is
+        async with Server(replies) as srv:
+            client = UpstreamClient(max_body_bytes=1 << 20)
+            peaks = []
+            for _ in range(2):
+                resp = await post(client, srv.url)
+                tracemalloc.start()
+                with pytest.raises(BodyTooLarge, match="bounds.max_upstream_bytes"):
+                    await resp.aread()
+                peaks.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.stop()
+            plain = await (await post(client, srv.url)).aread()
+            await client.aclose()
+            return peaks, plain, srv.connections
+
+    peaks, plain, connections = asyncio.run(main())
+    assert all(peak < 4 << 20 for peak in peaks), peaks
+    assert zlib.decompress(plain, 31) == bytes(1 << 20)
+    assert connections == 3  # a refused answer's connection is not reused (its body was not read to the end)
+
+
+def test_a_body_over_the_cap_is_refused_announced_or_not_and_the_cap_can_be_set_per_call():
+    async def main():
+        big = b"x" * 3000
+        replies = [(ok(big), False), (chunked((0, big[:1500]), (0, big[1500:])), False), (ok(big), False),
+                   (ok(gzip.compress(big), b"content-encoding: gzip\r\n"), False)]
+        async with Server(replies) as srv:
+            client = UpstreamClient(max_body_bytes=2048)
+            for _ in range(2):  # content-length over the cap; chunked, found over it while reading
+                with pytest.raises(BodyTooLarge):
+                    await (await post(client, srv.url)).aread()
+            resp = await client.post(srv.url, {}, b"", connect_seconds=2, first_byte_seconds=2, max_body_bytes=3000)
+            exact = await resp.aread()
+            zipped = await (await client.post(srv.url, {}, b"", connect_seconds=2, first_byte_seconds=2,
+                                              max_body_bytes=3000)).aread()
+            await client.aclose()
+            return exact, zipped, big
+
+    exact, zipped, big = asyncio.run(main())
+    assert exact == big and zipped == big  # exactly at the cap is not over it
+
+
 def test_no_answer_in_time_and_no_server_are_errors():
     async def main():
         async with Server([([(1.0, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")], True)]) as srv:
@@ -170,3 +228,72 @@ def test_https_verifies_the_server_and_streams_over_tls(tmp_path):
             server.close()
 
     assert asyncio.run(main()) == [b"event: a\n\n", b"event: b\n\n"]
+
+
+def test_a_gzip_bomb_from_vertex_is_an_openai_502_and_the_proxy_never_holds_it(tmp_path):
+    """A real `modelmux run` whose Vertex answers with 256 kB of gzip that inflate to 256 MiB, against
+    bounds.max_upstream_bytes of 8 MiB (the default is 64 MiB): the client gets an OpenAI-shaped 502, and the
+    proxy's peak RSS grows by about the cap, not by the inflated body."""
+    import json
+    import re
+    import threading
+    from pathlib import Path
+
+    import httpx
+    from openapi import validate_error
+
+    payload = bomb(256 << 20)
+    loop = asyncio.new_event_loop()
+    ready, port = threading.Event(), []
+
+    async def serve(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"vertex: {{project: p, base_url: 'http://127.0.0.1:{port[0]}'}}\n"
+                      "auth: {access_token: bomb-test-token}\nretries: {max_attempts: 1}\n"
+                      "bounds: {max_upstream_bytes: 8388608}\n")
+    listen = procs.free_port()
+    proc = procs.Proc([str(procs.VENV_BIN / "modelmux"), "run", "--config", str(config), "--confdir",
+                       str(tmp_path / "confdir"), "--mode", f"reverse:https://api.openai.com@{listen}"],
+                      procs.PROXY_READY, cwd=procs.ROOT)
+
+    def hwm_mb() -> float:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.popen.pid}/status").read_text()).group(1)) / 1024
+
+    try:
+        procs.wait_port(listen)
+        Path(f"/proc/{proc.popen.pid}/clear_refs").write_text("5")
+        before = hwm_mb()
+        with httpx.Client(trust_env=False, timeout=60) as client:
+            r = client.post(f"http://127.0.0.1:{listen}/v1/chat/completions",
+                            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        grown = hwm_mb() - before
+    finally:
+        proc.stop()
+        loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+        thread.join(5)
+    assert r.status_code == 502, r.text
+    validate_error(r.json())
+    assert r.json()["error"]["type"] == "server_error" and "bomb-test-token" not in json.dumps(r.json())
+    assert grown < 30, f"peak RSS grew by {grown:.0f} MB"
+    report.add(f"gzip bomb (256 kB → 256 MiB) against an 8 MiB cap: 502, proxy peak RSS +{grown:.1f} MB")

@@ -76,3 +76,34 @@ async def test_a_second_401_is_the_answer():
         answer = await relay.fetch(p)
     assert answer.status == 401 and p.outcome.attempts == 1
     await relay.stop()
+
+
+def test_a_silent_stream_gets_a_ping_event_after_each_keepalive_interval():
+    """Long thinking must not trip a client's idle timeout (Codex: 300 s): after each `keepalive` seconds of
+    silence the relay sends an Anthropic `ping` event, which the translators may turn into a visible keep-alive.
+    On a virtual clock (looptime): exact, and no waiting."""
+    import asyncio
+
+    import looptime
+
+    from modelmux.upstream import _with_pings
+
+    async def upstream():
+        yield b"event: a\ndata: {}\n\n"
+        await asyncio.sleep(35)
+        yield b"event: b\n"  # half an event: no ping may cut into it
+        await asyncio.sleep(20)
+        yield b"data: {}\n\n"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        return [(round(loop.time()), piece) async for piece in _with_pings(upstream(), 15)]
+
+    loop = looptime.new_event_loop(start=0)
+    try:
+        out = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    ping = b'event: ping\ndata: {"type": "ping"}\n\n'
+    assert out == [(0, b"event: a\ndata: {}\n\n"), (15, ping), (30, ping), (35, b"event: b\n"),
+                   (55, b"data: {}\n\n")]

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -46,18 +45,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # and its end of the socket pair to the parent
 
 
-def _allow_hosts(intercept_hosts: tuple[str, ...], modes: list[str]) -> list[str]:
-    """allow_hosts patterns: decrypt the intercepted hosts (and reverse-mode targets), tunnel the rest."""
-    from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
-
-    hosts = list(intercept_hosts)
-    for spec in modes:
-        mode = ProxyMode.parse(spec)
-        if isinstance(mode, ReverseMode):
-            hosts.append(mode.address[0])
-    return [rf"^{re.escape(h)}(:\d+)?$" for h in dict.fromkeys(hosts)]
-
-
 async def _run_proxy(args: argparse.Namespace) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
@@ -66,7 +53,7 @@ async def _run_proxy(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
 
     try:
-        config = load_config(args.config)
+        load_config(args.config)
     except ConfigError as err:
         print(f"modelmux: {err}", file=sys.stderr)
         return 2
@@ -90,26 +77,31 @@ async def _run_proxy(args: argparse.Namespace) -> int:
         runtime.worker = args.worker
         master.addons.add(WorkerLink(args.worker_fd, master.shutdown))
     master.addons.add(*make_addons(runtime))
+    # all options in one update, after the addons are in (most options are declared by them: proxyserver,
+    # next_layer, ours): modelmux's addons check the whole of it at once (e.g. a non-loopback listener together
+    # with the `--set proxyauth=…` that makes it safe)
+    ours = {
+        "listen_host": args.listen_host,
+        "listen_port": str(args.listen_port),
+        "confdir": os.path.expanduser(args.confdir),
+        "connection_strategy": "lazy",
+        "modelmux_allow_hosts": "true",  # decrypt only the intercepted hosts, in step with the file
+        "modelmux_config": str(Path(args.config).resolve()),
+        "modelmux_dump": args.dump or "",
+        "modelmux_log_format": args.log_format,
+    }
+    if args.web:  # the UI on loopback, no browser started (a server has none); the flows keep their bodies
+        ours.update(web_port=str(args.web_port), web_open_browser="false", store_streamed_bodies="true")
+    given = {item.partition("=")[0] for item in args.set}  # `--set` wins over what modelmux sets
+    if "allow_hosts" in given:
+        ours["modelmux_allow_hosts"] = "false"
+    specs = [f"{k}={v}" for k, v in ours.items() if k not in given]
+    specs += [f"mode={m}" for m in modes] if "mode" not in given else []
     try:
-        # after the addons are in: most of these options are declared by them (proxyserver, next_layer, ours)
-        opts.update(
-            listen_host=args.listen_host,
-            listen_port=args.listen_port,
-            confdir=os.path.expanduser(args.confdir),
-            mode=modes,
-            connection_strategy="lazy",
-            allow_hosts=_allow_hosts(config.intercept.hosts, modes),
-            modelmux_config=str(Path(args.config).resolve()),
-            modelmux_dump=args.dump or "",
-            modelmux_log_format=args.log_format,
-        )
-        if args.web:  # the UI on loopback, no browser started (a server has none); the flows keep their bodies
-            opts.update(web_port=args.web_port, web_open_browser=False, store_streamed_bodies=True)
-        for item in args.set:
-            name, _, value = item.partition("=")
-            opts.set(f"{name}={value}")
+        opts.set(*specs, *args.set)
     except exceptions.OptionsError as err:
-        print(f"modelmux: {err}", file=sys.stderr)
+        message = str(err)
+        print(message if message.startswith("modelmux: ") else f"modelmux: {message}", file=sys.stderr)
         return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,19 +112,20 @@ async def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.worker is not None:
-        from .workers import ReusePortLoop, listeners
+    from .workers import ListenerLoop, listeners
 
-        ports = {item.port for item in listeners(args.mode or ["regular"], args.listen_host, args.listen_port)}
-        return asyncio.run(_run_proxy(args), loop_factory=lambda: ReusePortLoop(ports))
-    if args.workers != 1:
+    if args.workers != 1 and args.worker is None:
         return _run_workers(args)
-    return asyncio.run(_run_proxy(args))
+    ports: set[int] = set()
+    if args.worker is not None:  # one of `--workers N`: its listeners share their ports with the others'
+        ports = {item.port for item in listeners(args.mode or ["regular"], args.listen_host, args.listen_port)}
+    return asyncio.run(_run_proxy(args), loop_factory=lambda: ListenerLoop(ports))
 
 
 def _run_workers(args: argparse.Namespace) -> int:
     """`run --workers N`: check what can be checked once, then start and supervise N `run --worker I` processes."""
     from . import workers
+    from .addons import exposure
     from .config import ConfigError, load_config
 
     try:
@@ -143,7 +136,11 @@ def _run_workers(args: argparse.Namespace) -> int:
                                        "one process per port behind a load balancer (docs/scaling.md)")
         if args.web:
             raise workers.WorkersError("--web shows one process's flows and has one UI port: use it without --workers")
-        load_config(args.config)
+        config = load_config(args.config)
+        given = dict(item.partition("=")[::2] for item in args.set)
+        if reason := exposure.problem(config.security, args.mode or ["regular"], given.get("listen_host",
+                                      args.listen_host), given.get("proxyauth")):
+            raise workers.WorkersError(reason)  # before binding anything, even to check the ports
         items = workers.listeners(args.mode or ["regular"], args.listen_host, args.listen_port)
         workers.check_free(items)
     except (workers.WorkersError, ConfigError) as err:
@@ -196,6 +193,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         route = router.route(name)
         print(f"  model {name} → {route.vertex_model}  ({router.url(route, stream=False)})")
     print(f"  other models → {config.models.default or '404 model_not_found'}")
+    for name in config.embeddings.map:
+        route = router.route_embedding(name)
+        print(f"  embeddings {name} → {route.vertex_model}  ({router.embedding_url(route)})")
+    print(f"  other embedding models → {config.embeddings.default or '404 model_not_found'}")
     print(f"  intercepted hosts: {', '.join(config.intercept.hosts)}")
     return 0
 
@@ -224,10 +225,16 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_emulator(args: argparse.Namespace) -> int:
-    from . import emulator
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from .state import usage
 
-    return emulator.run(args)
+    return usage.run(args.config, Path(os.path.expanduser(args.confdir)), args.since, args.key, args.json)
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator import cli as emulator_cli
+
+    return emulator_cli.run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -261,12 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the files (default: the checkout's certs/ folder)")
     p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"mitmproxy's confdir with the CA ({DEFAULT_CONFDIR})")
     p.add_argument("--port", type=int, default=8080, help="the proxy port to show in the examples")
-    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude endpoints + OAuth token endpoint)",
-                       description="A faithful local fake of Vertex AI's Claude endpoints and Google's token "
-                                   "endpoint, for testing apps offline.")
-    from . import emulator
+    p = sub.add_parser("usage", help="spend and tokens per month, client key and model, from the state store")
+    p.add_argument("--config", "-c", default="modelmux.yaml", help="configuration file (default: modelmux.yaml)")
+    p.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"where the embedded store lives ({DEFAULT_CONFDIR})")
+    p.add_argument("--since", metavar="DATE", help="count from this day on (YYYY-MM-DD, or YYYY-MM)")
+    p.add_argument("--key", metavar="NAME", help="only this client key (its name in security.client_keys)")
+    p.add_argument("--json", action="store_true", help="the rows as JSON")
+    from .emulator import cli as emulator_cli  # the argument definitions only: the server loads on `emulator`
 
-    emulator.add_arguments(p)
+    p = sub.add_parser("emulator", help="run the local Vertex AI emulator (Claude, embeddings, OAuth token endpoint)",
+                       description=emulator_cli.DESCRIPTION)
+    emulator_cli.add_arguments(p)
     p = sub.add_parser("demo", help="run the emulator and the proxy, send requests with the openai SDK, show the "
                                     "translation (no credentials needed)")
     p.add_argument("--pace-ms", type=float, default=60.0, help="emulator delay between streamed events (ms)")
@@ -274,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "doctor": _cmd_doctor, "pairs": _cmd_pairs,
-            "certs": _cmd_certs, "emulator": _cmd_emulator, "demo": _cmd_demo}
+            "certs": _cmd_certs, "emulator": _cmd_emulator, "demo": _cmd_demo, "usage": _cmd_usage}
 
 
 def main(argv: list[str] | None = None) -> int:

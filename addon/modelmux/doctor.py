@@ -76,19 +76,27 @@ def _live(config: Config, token: str) -> Iterator[Check]:
             "messages": [{"role": "user", "content": "ping"}]}
     for name in config.models.map or ([config.models.default] if config.models.default else []):
         route = router.route(name)
-        url = router.url(route, stream=False)
-        try:
-            r = httpx.post(url, json=body, headers={"authorization": f"Bearer {token}"}, trust_env=False, timeout=60)
-        except httpx.HTTPError as err:
-            yield Check(f"model {name}", False, f"{route.vertex_model}: {type(err).__name__}", "see vertex reachable")
-            continue
-        if r.status_code == 200:
-            yield Check(f"model {name}", True, f"{route.vertex_model} answered in {config.vertex.region}")
-        else:
-            err = from_upstream(r.status_code, r.content, dict(r.headers), model=route.vertex_model,
-                                region=config.vertex.region)
-            yield Check(f"model {name}", False, f"{route.vertex_model}: HTTP {r.status_code}",
-                        err.message.split(" — ", 1)[-1])
+        yield _live_call(f"model {name}", route.vertex_model, router.url(route, stream=False), body, token, config)
+    # one one-input call per distinct Vertex embedding model the config reaches
+    probe = {"instances": [{"content": "ping"}], "parameters": {"autoTruncate": False}}
+    checked: set[str] = set()
+    for name in router.listed_embedding_models():
+        route = router.route_embedding(name)
+        if route.vertex_model not in checked:
+            checked.add(route.vertex_model)
+            yield _live_call(f"embeddings {route.vertex_model}", route.vertex_model, router.embedding_url(route),
+                             probe, token, config)
+
+
+def _live_call(what: str, vertex_model: str, url: str, body: dict, token: str, config: Config) -> Check:
+    try:
+        r = httpx.post(url, json=body, headers={"authorization": f"Bearer {token}"}, trust_env=False, timeout=60)
+    except httpx.HTTPError as err:
+        return Check(what, False, f"{vertex_model}: {type(err).__name__}", "see vertex reachable")
+    if r.status_code == 200:
+        return Check(what, True, f"{vertex_model} answered in {config.vertex.region}")
+    err = from_upstream(r.status_code, r.content, dict(r.headers), model=vertex_model, region=config.vertex.region)
+    return Check(what, False, f"{vertex_model}: HTTP {r.status_code}", err.message.split(" — ", 1)[-1])
 
 
 def _ca(confdir: Path, env: dict[str, str]) -> Iterator[Check]:

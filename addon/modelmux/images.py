@@ -2,11 +2,18 @@
 
 Guards, because the URL comes from the client and the fetch runs on the proxy's network:
 - only http/https; every address the host resolves to must be public (no loopback, private, link-local,
-  reserved or multicast ranges) unless `images.allow_private_networks` is set; redirects are followed by
-  hand (at most 3) and each target is checked again;
-- the body is read with a size cap and must be a PNG, JPEG, GIF or WebP image (checked on its bytes, not
-  only on the content-type the server claims).
-Any failure is an OpenAI 400 naming the URL, before anything is sent to Vertex.
+  reserved or multicast ranges) unless `images.allow_private_networks` is set;
+- the connection goes to the address that was vetted, never to a second resolution (a DNS answer that changes
+  between the check and the connect — rebinding — cannot reach a private address): the URL is rewritten to that
+  address, with the original `Host` header and, for https, the original name for SNI and certificate checks;
+- no connection is reused (a pooled connection to the same address could carry another name's request under
+  the first name's certificate);
+- redirects are followed by hand (at most 3) and each target is resolved and vetted again;
+- at most `images.max_per_request` distinct URLs per request, each body at most `images.max_bytes`, all of them
+  together at most `images.max_total_bytes` (so the request stays under Vertex's 30 MB once base64-encoded);
+  the bytes must be a PNG, JPEG, GIF or WebP image (checked on the bytes, not on the content-type claimed).
+Any failure is an OpenAI 400 naming the URL and its parameter, before anything is sent to Vertex; the first
+failure cancels the other fetches of the request.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import asyncio
 import base64
 import ipaddress
 import socket
-from urllib.parse import urljoin, urlsplit
+import ssl
+from collections.abc import Awaitable, Callable
+from urllib.parse import urljoin
 
 import httpx
 
@@ -23,6 +32,14 @@ from .config import ImagesConfig
 from .translate.errors import OpenAIError, invalid_request
 
 MAX_REDIRECTS = 3
+MAX_ADDRESSES = 4  # vetted addresses tried in turn when a connection is refused (IPv6 first, then IPv4, …)
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) → addresses, in the order to try
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def sniff_image(data: bytes) -> str | None:
@@ -44,67 +61,125 @@ def _is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def _check_host(url: str, settings: ImagesConfig) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:  # a bad port or IPv6 literal (also in a redirect's location)
-        raise invalid_request(f"Image URL {url[:200]} is not a valid URL.") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid_request(f"Image URL {url[:200]} is not an http(s) URL.")
-    if settings.allow_private_networks:
-        return
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port or 443,
-                                                            type=socket.SOCK_STREAM)
-    except OSError:
-        raise invalid_request(f"Image URL {url[:200]}: the host cannot be resolved.") from None
-    if not infos or not all(_is_public(info[4][0]) for info in infos):
-        raise invalid_request(f"Image URL {url[:200]}: private, loopback and link-local addresses are not fetched.")
+class _Fetch:
+    """One request's image fetches: its settings, its resolver, what its images may still add up to."""
 
+    def __init__(self, client: httpx.AsyncClient, settings: ImagesConfig, resolve: Resolver):
+        self.client, self.settings, self.resolve = client, settings, resolve
+        self.bytes_left = settings.max_total_bytes
 
-async def _fetch_one(client: httpx.AsyncClient, url: str, settings: ImagesConfig) -> tuple[str, str]:
-    target = url
-    for _ in range(MAX_REDIRECTS + 1):
-        await _check_host(target, settings)
+    def error(self, url: str, what: str, code: str | None = None) -> OpenAIError:
+        return invalid_request(f"Image URL {url[:200]} {what}", param=getattr(url, "param", None), code=code)
+
+    async def vetted(self, url: str, target: str) -> tuple[httpx.URL, list[str]]:
+        """The target as a URL and the addresses it may be fetched from."""
         try:
-            async with client.stream("GET", target) as resp:
+            parsed = httpx.URL(target)
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except (httpx.InvalidURL, ValueError):  # a bad port or IPv6 literal (also in a redirect's location)
+            raise self.error(url, "is not a valid URL.") from None
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            raise self.error(url, "is not an http(s) URL.")
+        try:
+            addresses = await self.resolve(parsed.raw_host.decode("ascii"), port)
+        except (OSError, UnicodeError):
+            addresses = []
+        if not addresses:
+            raise self.error(url, "cannot be fetched: the host cannot be resolved.")
+        if not self.settings.allow_private_networks and not all(_is_public(a) for a in addresses):
+            raise self.error(url, "is not fetched: private, loopback and link-local addresses are not fetched.")
+        return parsed, addresses[:MAX_ADDRESSES]
+
+    def pinned(self, target: httpx.URL, address: str) -> httpx.Request:
+        """A GET of `target` sent to `address`: the Host header and (https) the SNI / certificate name stay the
+        target's own, so no second name resolution happens anywhere."""
+        extensions = {"sni_hostname": target.raw_host.decode("ascii")} if target.scheme == "https" else {}
+        return self.client.build_request("GET", target.copy_with(host=address.split("%", 1)[0], userinfo=b""),
+                                         headers={"host": target.netloc.decode("ascii")}, extensions=extensions)
+
+    async def one(self, url: str) -> tuple[str, str]:
+        target = str(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            parsed, addresses = await self.vetted(url, target)
+            resp = await self.connect(url, parsed, addresses)
+            try:
                 if resp.is_redirect and "location" in resp.headers:
                     target = urljoin(target, resp.headers["location"])
                     continue
                 if resp.status_code != 200:
-                    raise invalid_request(f"Image URL {url[:200]} answered HTTP {resp.status_code}.")
-                declared = resp.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > settings.max_bytes:
-                    raise _too_large(url, settings)
-                data = bytearray()
-                async for piece in resp.aiter_bytes():
-                    data += piece
-                    if len(data) > settings.max_bytes:
-                        raise _too_large(url, settings)
-        except httpx.HTTPError as err:
-            raise invalid_request(f"Image URL {url[:200]} could not be fetched: {type(err).__name__}.") from None
-        media = sniff_image(bytes(data))
-        if media is None:
-            raise invalid_request(f"Image URL {url[:200]} is not a PNG, JPEG, GIF or WebP image "
-                                  f"(content-type {resp.headers.get('content-type', 'none')}).")
-        return media, base64.b64encode(data).decode()
-    raise invalid_request(f"Image URL {url[:200]}: more than {MAX_REDIRECTS} redirects.")
+                    raise self.error(url, f"answered HTTP {resp.status_code}.")
+                data = await self.body(url, resp)
+            except httpx.HTTPError as err:
+                raise self.error(url, f"could not be fetched: {type(err).__name__}.") from None
+            finally:
+                await resp.aclose()
+            media = sniff_image(bytes(data))
+            if media is None:
+                raise self.error(url, f"is not a PNG, JPEG, GIF or WebP image (content-type "
+                                      f"{resp.headers.get('content-type', 'none')}).")
+            return media, base64.b64encode(data).decode()
+        raise self.error(url, f"led to more than {MAX_REDIRECTS} redirects.")
+
+    async def connect(self, url: str, target: httpx.URL, addresses: list[str]) -> httpx.Response:
+        for i, address in enumerate(addresses):
+            try:
+                return await self.client.send(self.pinned(target, address), stream=True)
+            except httpx.ConnectError:
+                if i == len(addresses) - 1:
+                    raise self.error(url, "could not be fetched: ConnectError.") from None
+            except httpx.HTTPError as err:
+                raise self.error(url, f"could not be fetched: {type(err).__name__}.") from None
+        raise AssertionError("unreachable: vetted() returns at least one address")
+
+    async def body(self, url: str, resp: httpx.Response) -> bytearray:
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit():
+            self.check(url, int(declared), int(declared))
+        data = bytearray()
+        async for piece in resp.aiter_bytes():
+            data += piece
+            self.check(url, len(data), len(piece))
+            self.bytes_left -= len(piece)  # shared by the request's fetches, which run on one event loop
+        return data
+
+    def check(self, url: str, size: int, more: int) -> None:
+        if size > self.settings.max_bytes:
+            raise self.too_large(url)
+        if more > self.bytes_left:
+            raise self.error(url, f"cannot be fetched: the images of this request add up to more than "
+                                  f"{self.settings.max_total_bytes} bytes (images.max_total_bytes).",
+                             "images_too_large")
+
+    def too_large(self, url: str) -> OpenAIError:
+        return OpenAIError(400, f"Image URL {url[:200]} is larger than {self.settings.max_bytes} bytes.",
+                           "invalid_request_error", getattr(url, "param", None), "image_too_large")
 
 
-def _too_large(url: str, settings: ImagesConfig) -> OpenAIError:
-    return OpenAIError(400, f"Image URL {url[:200]} is larger than {settings.max_bytes} bytes.",
-                       "invalid_request_error", None, "image_too_large")
-
-
-async def fetch_images(urls: list[str], settings: ImagesConfig) -> dict[str, tuple[str, str]]:
-    """url → (media_type, base64) for each distinct URL, fetched concurrently. Raises OpenAIError (400)."""
+async def fetch_images(urls: list[str], settings: ImagesConfig, *, resolve: Resolver = system_resolver,
+                       ssl_context: ssl.SSLContext | None = None) -> dict[str, tuple[str, str]]:
+    """url → (media_type, base64) for each distinct URL, fetched concurrently. Raises OpenAIError (400), naming
+    the URL's parameter when it carries one (translate.request.ImageSource). `resolve` and `ssl_context`
+    (default: the system resolver, certifi's roots) exist for tests of the pinning."""
     unique = list(dict.fromkeys(urls))
     if not settings.fetch:
         raise invalid_request("Image URLs are not fetched by this modelmux (images.fetch is off): send images as "
-                              "base64 data: URLs.", code="unsupported_parameter")
-    # trust_env=False: the proxy's own HTTPS_PROXY may point at itself
+                              "base64 data: URLs.", param=getattr(unique[0], "param", None) if unique else None,
+                              code="unsupported_parameter")
+    if len(unique) > settings.max_per_request:
+        extra = unique[settings.max_per_request]
+        raise invalid_request(f"This request has {len(unique)} image URLs to fetch; modelmux fetches at most "
+                              f"{settings.max_per_request} per request (images.max_per_request). Send the others as "
+                              f"base64 data: URLs.", param=getattr(extra, "param", None), code="too_many_images")
+    # trust_env=False: the proxy's own HTTPS_PROXY may point at itself; no keep-alive: see the module docstring
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=settings.timeout_seconds,
+                                 verify=ssl_context or True, limits=httpx.Limits(max_keepalive_connections=0),
                                  headers={"user-agent": "modelmux-image-fetch"}) as client:
-        results = await asyncio.gather(*(_fetch_one(client, u, settings) for u in unique))
-    return dict(zip(unique, results))
+        fetch = _Fetch(client, settings, resolve)
+        try:
+            async with asyncio.TaskGroup() as group:  # the first failure cancels the others
+                tasks = [group.create_task(fetch.one(u)) for u in unique]
+        except ExceptionGroup as failed:
+            if all(isinstance(e, OpenAIError) for e in failed.exceptions):
+                raise failed.exceptions[0] from None
+            raise
+    return {u: t.result() for u, t in zip(unique, tasks)}

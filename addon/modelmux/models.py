@@ -1,7 +1,7 @@
 """The Claude models Vertex AI serves, with their output caps (tokens).
 
-One table for the router (default max_tokens never above the cap) and the emulator (rejects a max_tokens
-above the cap, like Vertex). Ids are Vertex's: `claude-sonnet-4-5@20250929`.
+The router's table: a default max_tokens never above the cap. (The emulator keeps its own table, written
+independently, so that it can catch a wrong cap here.) Ids are Vertex's: `claude-sonnet-4-5@20250929`.
 """
 
 from __future__ import annotations

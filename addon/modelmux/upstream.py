@@ -35,8 +35,8 @@ from . import __version__
 from .auth import AuthError, TokenProvider
 from .config import CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 from .translate.errors import (OpenAIError, credentials_unavailable, retry_after_seconds, upstream_broken,
-                               upstream_timeout, upstream_unreachable)
-from .upstream_http import ConnectTimeout, FirstByteTimeout, IdleTimeout, Response, UpstreamClient, UpstreamError
+                               upstream_timeout, upstream_too_large, upstream_unreachable)
+from .upstream_http import BodyTooLarge, ConnectTimeout, FirstByteTimeout, IdleTimeout, Response, UpstreamClient, UpstreamError
 from .upstream_policy import ANSWERED, RETRYABLE_STATUS, TIMED_OUT, UNREACHABLE, CircuitBreaker, RetryPolicy, classify
 
 log = logging.getLogger("modelmux")
@@ -46,7 +46,7 @@ USER_AGENT = f"modelmux/{__version__}"
 _PASS_HEADERS = ("content-type", "content-encoding")
 _HIGH_WATER = 64 * 1024  # bytes the relay may queue for mitmproxy before it waits
 _MAX_HEAD = 64 * 1024  # the request head mitmproxy sends the relay is small; anything bigger is not ours
-_PING = b'\n\nevent: ping\ndata: {"type": "ping"}\n\n'
+_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 MAX_PENDING_PLANS = 100_000  # plans mitmproxy has not fetched yet (each is one request in flight)
 
 
@@ -164,7 +164,7 @@ class Relay:
             try:
                 body = await resp.aread()
             except UpstreamError as err:
-                plan.outcome.error = upstream_broken(f"{type(err).__name__}: {err}")
+                plan.outcome.error = _read_failure(err)
                 return None
             finally:
                 await resp.aclose()
@@ -262,7 +262,7 @@ class Relay:
                 try:
                     await resp.aread()  # an error answer: kept whole, it may become the final one
                 except UpstreamError as err:
-                    outcome.error = upstream_broken(f"{type(err).__name__}: {err}")
+                    outcome.error = _read_failure(err)
                 finally:
                     await resp.aclose()
                 answer = resp if outcome.error is None else None
@@ -282,6 +282,12 @@ class Relay:
             if step.delay:
                 await asyncio.sleep(step.delay)
             region = step.region
+
+
+def _read_failure(err: UpstreamError) -> OpenAIError:
+    if isinstance(err, BodyTooLarge):
+        return upstream_too_large(err.limit)
+    return upstream_broken(f"{type(err).__name__}: {err}")
 
 
 def _passed_headers(resp: Response, *, decoded: bool) -> dict[str, str]:
@@ -365,21 +371,27 @@ async def _gathered(pieces: AsyncIterator[bytes], window: float) -> AsyncIterato
 
 
 async def _with_pings(pieces: AsyncIterator[bytes], every: float) -> AsyncIterator[bytes]:
-    """`pieces`, with a `ping` event after each `every` seconds of silence (the idle limit still applies)."""
+    """`pieces`, with a `ping` event after each `every` seconds of silence between two events (never inside a
+    half-sent one; the idle limit still applies)."""
     source = aiter(pieces)
     pending: asyncio.Future[bytes] | None = None
+    between_events = True
     try:
         while True:
             pending = pending or asyncio.ensure_future(anext(source))
             done, _ = await asyncio.wait((pending,), timeout=every)
             if not done:
-                yield _PING  # starts with a blank line: ends any half-sent event before it
+                if between_events:
+                    yield _PING
                 continue
             piece, pending = pending, None
             try:
-                yield piece.result()
+                piece = piece.result()
             except StopAsyncIteration:
                 return
+            if piece:
+                between_events = piece.endswith((b"\n\n", b"\r\n\r\n"))
+            yield piece
     finally:
         if pending is not None:
             pending.cancel()

@@ -6,12 +6,13 @@ fifth of modelmux's CPU per stream — mostly in its pool, which tests every idl
 each request (so the cost grows with concurrency). The relay needs much less: POST a body, read the status
 and headers within a first-byte limit, then the body read by read within an idle limit. A connection goes back
 to the pool only when its answer was read to the end; one the server closed while idle is replaced once.
+A whole body read (`aread`) is capped, after decompression too (`max_body_bytes`, default 64 MiB): a bigger one
+— or a gzip bomb — is `BodyTooLarge`, found while reading, never after holding it all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import ssl
 import zlib
 from collections.abc import AsyncIterator
@@ -22,6 +23,9 @@ import h11
 
 _READ_SIZE = 65536
 _MAX_IDLE_PER_ORIGIN = 256
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # config bounds.max_upstream_bytes
+_INFLATE_STEP = 1 << 20  # bytes of inflated output per zlib call
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's container formats: 31 = gzip header, 15 = zlib header
 
 
 class UpstreamError(Exception):
@@ -38,6 +42,14 @@ class FirstByteTimeout(UpstreamError):
 
 class IdleTimeout(UpstreamError):
     pass
+
+
+class BodyTooLarge(UpstreamError):
+    """The answer's body, as read or once decompressed, is over the cap: it was not read further."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"Vertex AI's answer is larger than {limit} bytes (bounds.max_upstream_bytes)")
+        self.limit = limit
 
 
 _Origin = tuple[str, str, int]  # scheme, host, port
@@ -68,10 +80,12 @@ class _Connection:
 class Response:
     """The status and headers of an answer, its body still to be read (`aiter_raw`) or read (`aread`)."""
 
-    def __init__(self, client: UpstreamClient, conn: _Connection, status: int, headers: dict[str, str]):
+    def __init__(self, client: UpstreamClient, conn: _Connection, status: int, headers: dict[str, str],
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.status_code = status
         self.headers = headers  # lower-case names
         self.idle_seconds: float | None = None  # the longest wait for the next piece of the body (post sets it)
+        self.max_body_bytes = max_body_bytes  # what `aread` holds at most, decoded
         self._client: UpstreamClient | None = client
         self._conn: _Connection | None = conn
         self._body: bytes | None = None
@@ -109,18 +123,42 @@ class Response:
             raise UpstreamError(f"{type(err).__name__}: {err}") from err
 
     async def aread(self) -> bytes:
-        """The whole body, decoded when Vertex compressed it."""
+        """The whole body, decoded when Vertex compressed it (gzip, deflate); BodyTooLarge past `max_body_bytes`,
+        counted as it arrives and as it inflates (a small gzip body may inflate to gigabytes)."""
         if self._body is None:
-            body = b"".join([piece async for piece in self.aiter_raw()])
+            limit = self.max_body_bytes
             encoding = self.headers.get("content-encoding", "").strip().lower()
+            inflate = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
+            body = bytearray()
             try:
-                if encoding == "gzip":
-                    body = gzip.decompress(body)
-                elif encoding == "deflate":
-                    body = zlib.decompress(body)
-            except (OSError, zlib.error, EOFError) as err:
+                if inflate is None and _length(self.headers) > limit:
+                    raise BodyTooLarge(limit)  # announced: not worth reading
+                fed = False
+                async for piece in self.aiter_raw():
+                    fed = fed or bool(piece)
+                    if inflate is None:
+                        body += piece
+                    else:  # inflated a step at a time: never more than the cap plus one step held
+                        while piece and not inflate.eof:
+                            body += inflate.decompress(piece, _INFLATE_STEP)
+                            piece = inflate.unconsumed_tail
+                            if len(body) > limit:
+                                break
+                    if len(body) > limit:
+                        raise BodyTooLarge(limit)
+                if inflate is not None and fed:  # an empty body stays empty, as gzip.decompress(b"") does
+                    body += inflate.flush()
+                    if not inflate.eof:
+                        raise UpstreamError(f"truncated {encoding} body")
+                    if len(body) > limit:
+                        raise BodyTooLarge(limit)
+            except zlib.error as err:
+                await self.aclose()
                 raise UpstreamError(f"undecodable {encoding} body: {err}") from err
-            self._body = body
+            except BodyTooLarge:
+                await self.aclose()  # the rest is never read: the connection cannot be reused
+                raise
+            self._body = bytes(body)
         return self._body
 
     async def aclose(self) -> None:
@@ -140,16 +178,30 @@ class Response:
             conn.close()
 
 
+def _length(headers: dict[str, str]) -> int:
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return 0
+
+
 class UpstreamClient:
-    def __init__(self, cafile: str | None = None) -> None:
+    # each answer's `aread` cap, unless the client or `post` is given another: the process's default, which
+    # addons/runtime.py keeps to the configuration's bounds.max_upstream_bytes (a reload applies at once)
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+
+    def __init__(self, cafile: str | None = None, *, max_body_bytes: int | None = None) -> None:
         # certifi by default: the same public roots httpx trusted before (the proxy's own trust settings are for
         # its clients)
         self._ssl = ssl.create_default_context(cafile=cafile or certifi.where())
         self._idle: dict[_Origin, list[_Connection]] = {}
+        if max_body_bytes is not None:
+            self.max_body_bytes = max_body_bytes
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, *, connect_seconds: float,
-                   first_byte_seconds: float) -> Response:
-        """Send the request and wait for the answer's status and headers."""
+                   first_byte_seconds: float, max_body_bytes: int | None = None) -> Response:
+        """Send the request and wait for the answer's status and headers. `max_body_bytes`: the cap of this
+        answer's `aread` (default: the client's)."""
         parts = urlsplit(url)
         scheme = parts.scheme
         origin = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
@@ -182,7 +234,8 @@ class UpstreamClient:
                 conn.close()
                 raise UpstreamError(f"unexpected {type(event).__name__} instead of an answer")
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}  # h11 lower-cases
-            resp = Response(self, conn, event.status_code, headers)
+            resp = Response(self, conn, event.status_code, headers,
+                            self.max_body_bytes if max_body_bytes is None else max_body_bytes)
             resp.idle_seconds = first_byte_seconds  # an error body must not hang either; a stream sets its own
             return resp
 

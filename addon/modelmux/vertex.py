@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .config import Config
+from .config import Config, EmbeddingLimits
 
 MULTI_REGIONS = ("us", "eu")
 
@@ -33,10 +33,26 @@ def model_url(*, project: str, region: str, model: str, stream: bool, base_url: 
     )
 
 
+def predict_url(*, project: str, region: str, model: str, base_url: str | None = None) -> str:
+    """Vertex's own (publisher `google`) models, e.g. the embedding models: `:predict`."""
+    origin = base_url or vertex_origin(region)
+    return (
+        f"{origin}/v1/projects/{quote(project, safe='')}/locations/{quote(region, safe='')}"
+        f"/publishers/google/models/{quote(model, safe='@')}:predict"
+    )
+
+
 @dataclass(frozen=True)
 class Route:
     requested: str  # the name the client sent; echoed back in `model`
     vertex_model: str  # the Vertex id, e.g. claude-sonnet-4-5@20250929
+
+
+@dataclass(frozen=True)
+class EmbeddingRoute:
+    requested: str  # the name the client sent; echoed back in `model`
+    vertex_model: str  # e.g. gemini-embedding-001
+    limits: EmbeddingLimits  # embeddings.limits for that model (or Vertex's general limits)
 
 
 class UnknownModel(LookupError):
@@ -55,6 +71,7 @@ class Router:
     def __init__(self, config: Config):
         self._config = config
         self._map = dict(config.models.map)
+        self._embedding_map = dict(config.embeddings.map)
 
     def route(self, requested: str) -> Route:
         target = self._map.get(requested)
@@ -86,12 +103,46 @@ class Router:
     def label(self, requested: str) -> str:
         """A model's metric label: its name when `models.map` configures it, else "other" — the names clients
         choose must not grow the set of series."""
-        return requested if requested in self._map else "other"
+        return requested if requested in self._map or requested in self._embedding_map else "other"
 
     def routable(self, model: str) -> bool:
         """Whether a chat request for `model` would be served (what `GET /v1/models/{model}` answers)."""
         try:
             self.route(model)
+        except UnknownModel:
+            return False
+        return True
+
+    # --- embeddings (POST /v1/embeddings → :predict) ------------------------------------------------------
+
+    def route_embedding(self, requested: str) -> EmbeddingRoute:
+        """Order: an `embeddings.map` entry; a name that is a Vertex model of `embeddings.limits` as is (e.g.
+        `gemini-embedding-001`); otherwise `embeddings.default`, or UnknownModel when that is null."""
+        emb = self._config.embeddings
+        target = self._embedding_map.get(requested)
+        if target is None and requested in emb.limits:
+            target = requested
+        if target is None:
+            target = emb.default
+        if target is None:
+            raise UnknownModel(requested)
+        return EmbeddingRoute(requested=requested, vertex_model=target, limits=emb.limits_for(target))
+
+    def embedding_url(self, route: EmbeddingRoute, *, region: str | None = None) -> str:
+        v = self._config.vertex
+        return predict_url(project=v.project, region=region or v.region, model=route.vertex_model,
+                           base_url=v.base_url)
+
+    def listed_embedding_models(self) -> list[str]:
+        """The embedding names `GET /v1/models` lists: every mapped name, then every Vertex model they reach."""
+        names = list(self._embedding_map)
+        default = self._config.embeddings.default
+        targets = [*self._embedding_map.values(), *([default] if default else [])]
+        return list(dict.fromkeys(names + targets))
+
+    def embedding_routable(self, model: str) -> bool:
+        try:
+            self.route_embedding(model)
         except UnknownModel:
             return False
         return True

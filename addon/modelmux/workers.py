@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -103,19 +104,104 @@ def ensure_ca(confdir: str, key_size: int = 2048) -> None:
 
 # --- inside a worker ----------------------------------------------------------------------------------------
 
-class ReusePortLoop(asyncio.SelectorEventLoop):
-    """An event loop whose servers on the shared ports are created with SO_REUSEPORT. mitmproxy creates its TCP
-    listeners with asyncio.start_server, that is with the running loop's create_server; other servers (the
-    relay on 127.0.0.1:0) are created as usual."""
+MIN_BACKLOG = 1024  # asyncio's default is 100: a burst of connections beyond it is dropped or reset by the kernel
+MAX_BACKLOG = 4096
+_SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+FDS_PER_CONNECTION = 4  # a stream holds the client's, mitmproxy's and the relay's ends of the hop, and Vertex's
+FD_RESERVE = 64  # listeners, the CA and config files, the dump, the token refresh, the event loop
+ACCEPTED_IN_FLIGHT = 4  # asyncio accepts up to `backlog` sockets per wake-up; refusing one takes a few more
+MAX_AUTO_CONNECTIONS = 4096  # the derived connection cap never goes higher (memory: docs/security.md)
 
-    def __init__(self, ports: set[int]):
+
+def fd_limit() -> int:
+    """The soft RLIMIT_NOFILE in force (raise_fd_limit raises it at start)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one where allowed; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return fd_limit()
+
+
+def accept_backlog(fds: int | None = None) -> int:
+    """The listen backlog for every server: the system's maximum (net.core.somaxconn), at least MIN_BACKLOG, at
+    most MAX_BACKLOG — and small enough that a full queue accepted at once (asyncio takes up to `backlog` per
+    wake-up) fits in the file descriptors: with `ulimit -n 1024` it is 120."""
+    fds = fd_limit() if fds is None else fds
+    wanted = max(MIN_BACKLOG, min(_somaxconn() or 0, MAX_BACKLOG))
+    return max(16, min(wanted, (fds - FD_RESERVE) // (2 * ACCEPTED_IN_FLIGHT)))
+
+
+def derived_max_connections(fds: int | None = None) -> int:
+    """The connection cap for `bounds.max_connections: null`: every connection may hold FDS_PER_CONNECTION
+    descriptors, besides FD_RESERVE and the sockets being accepted; at most MAX_AUTO_CONNECTIONS."""
+    fds = fd_limit() if fds is None else fds
+    room = fds - FD_RESERVE - ACCEPTED_IN_FLIGHT * accept_backlog(fds)
+    return max(16, min(MAX_AUTO_CONNECTIONS, room // FDS_PER_CONNECTION))
+
+
+def capacity_warning(fds: int | None = None) -> str | None:
+    """What limits the process below the defaults: the kernel's backlog cap, or the file-descriptor limit."""
+    fds = fd_limit() if fds is None else fds
+    cap = _somaxconn()
+    if accept_backlog(fds) < MIN_BACKLOG or derived_max_connections(fds) < MAX_AUTO_CONNECTIONS:
+        return (f"the file-descriptor limit is {fds} (ulimit -n): at most {derived_max_connections(fds)} connections "
+                f"at once and an accept backlog of {accept_backlog(fds)}; raise it (e.g. LimitNOFILE=65536 in a "
+                "systemd unit) for more")
+    if cap is not None and cap < MIN_BACKLOG:
+        return (f"the kernel caps listen backlogs at {cap} (net.core.somaxconn): a burst of more connections is "
+                f"dropped or reset; raise it with `sysctl -w net.core.somaxconn={MAX_BACKLOG}`")
+    return None
+
+
+def _somaxconn() -> int | None:
+    try:
+        return int(_SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _server_options(port: int | None, shared_ports: frozenset[int], kwargs: dict) -> dict:
+    kwargs.setdefault("backlog", accept_backlog())
+    if port in shared_ports:
+        kwargs.setdefault("reuse_port", True)
+    return kwargs
+
+
+class ListenerLoop(asyncio.SelectorEventLoop):
+    """The event loop of `modelmux run`. mitmproxy creates its TCP listeners with asyncio.start_server, that is with
+    the running loop's create_server: here every server gets `accept_backlog()` (the relay on 127.0.0.1:0 too),
+    and servers on the ports shared by `--workers` get SO_REUSEPORT."""
+
+    def __init__(self, shared_ports: set[int] | frozenset[int] = frozenset()):
         super().__init__()
-        self.shared_ports = frozenset(ports)
+        self.shared_ports = frozenset(shared_ports)
 
     async def create_server(self, protocol_factory, host=None, port=None, **kwargs):
-        if port in self.shared_ports:
-            kwargs.setdefault("reuse_port", True)
-        return await super().create_server(protocol_factory, host, port, **kwargs)
+        return await super().create_server(protocol_factory, host, port,
+                                           **_server_options(port, self.shared_ports, kwargs))
+
+
+def adopt_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """`mitmdump -s`: mitmproxy made the loop, so the ListenerLoop's create_server is put on that loop object
+    (before the listeners start: the addon's load hook)."""
+    if isinstance(loop, ListenerLoop) or getattr(loop.create_server, "_modelmux", False):
+        return
+    plain = loop.create_server
+
+    async def create_server(protocol_factory, host=None, port=None, **kwargs):
+        return await plain(protocol_factory, host, port, **_server_options(port, frozenset(), kwargs))
+
+    create_server._modelmux = True  # type: ignore[attr-defined]
+    loop.create_server = create_server  # type: ignore[method-assign]
 
 
 def tcp_only_listeners() -> None:

@@ -13,6 +13,8 @@
 //     stream_helper — chat.completions.stream(): the chunks, event counts and finalChatCompletion()
 //     run_tools    — chat.completions.runTools() with params.tools as
 //                    [{name, parameters, returns}]: each tool answers `${returns} ${args.<first property>}`
+//     embeddings   — embeddings.create (the SDK asks for base64 unless params say otherwise, and decodes it):
+//                    what the SDK returned, and the raw body as received
 // Prints {"node", "sdk", "results": [...]}: per step {"ok": ...} or {"error": {...}, "partial": [chunks so far]}.
 
 import { readFileSync } from 'node:fs';
@@ -63,6 +65,11 @@ const ops = {
     stream.on('chunk', (chunk) => partial.push(chunk));
     const final = await stream.finalChatCompletion();
     return { ok: { chunks: partial, events, final } };
+  },
+
+  async embeddings(client, params) {
+    const { data, response } = await client.embeddings.create(params).withResponse();
+    return { ok: { result: data, status: response.status } };
   },
 
   async run_tools(client, params) {

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from .client_auth import ClientAuth
+from .client_limits import ClientLimits
 from .config_loader import ConfigLoader
+from .exposure import Exposure
+from .forwarding import Forwarding
+from .intercept_scope import InterceptScope
 from .local_endpoints import LocalEndpoints
 from .local_errors import LocalErrors
+from .redact import RedactCredentials
 from .runtime import Runtime
 from .translate import Translate
 
 
 def make_addons(runtime: Runtime | None = None) -> list[object]:
-    """The addon chain: config first (others read the Runtime it fills), then inbound auth, then local answers,
-    then translation; last, the count of errors answered locally."""
+    """The addon chain: config first (others read the Runtime it fills); then what keeps the proxy safe to expose —
+    who may use a forwarding listener, the client connection's limits, where forwarded traffic may go, what is
+    decrypted; then inbound auth, local answers and translation; then the count of errors answered locally; last,
+    the client's credentials redacted from the flow (after every other request hook)."""
     runtime = runtime or Runtime()
-    return [ConfigLoader(runtime), ClientAuth(runtime), LocalEndpoints(runtime), Translate(runtime),
-            LocalErrors(runtime)]
+    return [ConfigLoader(runtime), Exposure(runtime), ClientLimits(runtime), Forwarding(runtime),
+            InterceptScope(runtime), ClientAuth(runtime), LocalEndpoints(runtime), Translate(runtime),
+            LocalErrors(runtime), RedactCredentials(runtime)]
 
 
-__all__ = ["make_addons", "Runtime", "ClientAuth", "ConfigLoader", "LocalEndpoints", "LocalErrors", "Translate"]
+__all__ = ["make_addons", "Runtime", "ClientAuth", "ClientLimits", "ConfigLoader", "Exposure", "Forwarding",
+           "InterceptScope", "LocalEndpoints", "LocalErrors", "RedactCredentials", "Translate"]

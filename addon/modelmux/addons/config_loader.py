@@ -6,9 +6,11 @@ Cases:
   previous configuration when it was a change).
 - no configuration at all: an error is logged and modelmux stays inactive (mitmproxy passes every flow
   through untouched), as mitmproxy's own addons do when their option is unset.
-- the file changes while running (checked every second): reloaded without a restart; requests in flight finish
-  on the configuration they started with, the next ones use the new one; an invalid edit is refused with a log
-  line and the previous configuration stays (`--set modelmux_watch=false` turns watching off);
+- the file changes while running (checked twice a second): reloaded without a restart; requests in flight finish
+  on the configuration they started with, the next ones use the new one; an invalid edit — including a dump path
+  that cannot be opened — is refused with a log line naming the problem and the previous configuration (and
+  dump file) stays; nothing an edit does stops the watching (`--set modelmux_watch=false` turns it off);
+- a dump file (`modelmux_dump` or `dump.path`) that cannot be opened at start is an OptionsError naming it;
 - `connection_strategy` is forced to `lazy`: with `eager` mitmproxy connects to api.openai.com at CONNECT time,
   before the request hook can redirect the flow (offline every request fails; online it wastes a connection).
 """
@@ -26,7 +28,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("modelmux")
 
-WATCH_INTERVAL = 1.0  # seconds between looks at the config file
+WATCH_INTERVAL = 0.5  # seconds between looks at the config file: an edit applies within a second
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -55,7 +57,10 @@ class ConfigLoader:
         if "connection_strategy" in ctx.options.keys() and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
         if "modelmux_dump" in updated and ctx.options.modelmux_dump:
-            self.runtime.dump.open(ctx.options.modelmux_dump)
+            try:
+                self._open_dump(ctx.options.modelmux_dump)
+            except ConfigError as err:
+                raise exceptions.OptionsError(f"modelmux: {err}") from None
         if "modelmux_config" in updated:
             path = ctx.options.modelmux_config or os.environ.get("MODELMUX_CONFIG", "")
             if not path:
@@ -63,20 +68,29 @@ class ConfigLoader:
                 return
             stamp = _stamp(path)
             try:
-                config = load_config(path)
+                self._apply(load_config(path), path)
             except ConfigError as err:
                 raise exceptions.OptionsError(f"modelmux: {err}") from None
             self.path, self._stamp = path, stamp
-            self._apply(config)
 
-    def _apply(self, config: Config) -> None:
+    def _open_dump(self, path: str | None) -> None:
+        try:
+            self.runtime.dump.open(path)
+        except OSError as err:
+            raise ConfigError(f"the dump file {path} (dump.path / --dump) cannot be opened: {err.strerror or err}"
+                              ) from None
+
+    def _apply(self, config: Config, path: str) -> None:
+        """Make `config` the current one. Raises ConfigError, with nothing changed, when an addon's check refuses it
+        (e.g. an exposed listener without auth) or its dump cannot be opened."""
+        self.runtime.check(config)
+        self._open_dump(ctx.options.modelmux_dump or config.dump.path)
         old = self.runtime.current
         # same credentials: keep the token provider and its cached token (no refresh just for a reload)
         tokens = old.tokens if old is not None and old.config.auth == config.auth else None
         snap = self.runtime.install(config, tokens)
-        self.runtime.dump.open(ctx.options.modelmux_dump or config.dump.path)
         log.info("modelmux: %s, project %s, region %s, %d mapped model(s), credentials: %s",
-                 self.path, config.vertex.project, config.vertex.region, len(config.models.map), snap.tokens.source)
+                 path, config.vertex.project, config.vertex.region, len(config.models.map), snap.tokens.source)
 
     def running(self):
         if self.runtime.current is None:
@@ -87,18 +101,22 @@ class ConfigLoader:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            stamp = _stamp(self.path)
-            if stamp is None or stamp == self._stamp:
-                continue
-            self._stamp = stamp
             try:
-                config = load_config(self.path)
-            except ConfigError as err:
-                log.error("modelmux: %s changed but is invalid, keeping the previous configuration: %s",
-                          self.path, err)
-                continue
-            log.info("modelmux: reloaded %s", self.path)
-            self._apply(config)
+                self._reload_if_changed()
+            except Exception:  # a bug in one reload must not end the watching (the task would die silently)
+                log.exception("modelmux: reloading %s failed; keeping the previous configuration", self.path)
+
+    def _reload_if_changed(self) -> None:
+        stamp = _stamp(self.path)
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._apply(load_config(self.path), self.path)
+        except ConfigError as err:
+            log.error("modelmux: %s changed but is invalid, keeping the previous configuration: %s", self.path, err)
+            return
+        log.info("modelmux: reloaded %s", self.path)
 
     def done(self):
         if self._watcher is not None:

@@ -28,8 +28,10 @@ _STARTED = int(time.time())
 
 
 def _model_object(name: str) -> dict:
-    return {"id": name, "object": "model", "created": _STARTED,
-            "owned_by": "anthropic" if name.startswith("claude-") else "modelmux"}
+    owner = "anthropic" if name.startswith("claude-") else "google" if name.startswith(("gemini-", "text-embedding-0",
+                                                                                        "text-multilingual-")) \
+        else "modelmux"
+    return {"id": name, "object": "model", "created": _STARTED, "owned_by": owner}
 
 
 class LocalEndpoints:
@@ -55,11 +57,12 @@ class LocalEndpoints:
                                                 "thinking_cache_entries": len(self.runtime.thinking),
                                                 "token_refreshes": snap.tokens.refreshes})
         elif method == "GET" and path == "/v1/models":
-            body = {"object": "list", "data": [_model_object(m) for m in snap.router.listed_models()]}
+            names = list(dict.fromkeys(snap.router.listed_models() + snap.router.listed_embedding_models()))
+            body = {"object": "list", "data": [_model_object(m) for m in names]}
             flow.response = json_response(200, body)
         elif method == "GET" and path.startswith("/v1/models/"):
             name = unquote(path[len("/v1/models/"):])
-            if snap.router.routable(name):
+            if snap.router.routable(name) or snap.router.embedding_routable(name):
                 flow.response = json_response(200, _model_object(name))
             else:
                 flow.response = error_response(model_not_found(name))

@@ -19,9 +19,11 @@ Cases:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,13 +32,14 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from ..apis import BY_PATH
 from ..apis.answers import SSE_HEADERS, error_response, sse_response
-from ..dump import shorten_payloads
+from ..dump import shorten_payloads, shorten_vectors
 from ..exchange import Capture, Exchange, StreamTranslator, Tokens
 from ..pairs import render as render_pair
 from ..translate import sse
 from ..translate.errors import OpenAIError, from_upstream
+from ..translate.request import vertex_body_bytes
 from ..translate.stream import message_as_events
-from ..upstream import PLAN_HEADER, USER_AGENT, Answer, Plan
+from ..upstream import PLAN_HEADER, USER_AGENT, Answer, Outcome, Plan
 from .runtime import Runtime, Snapshot
 from .scope import is_ours, route_path, sent_to_listener
 
@@ -88,7 +91,12 @@ class Translate:
         upstream_stream = prepared.stream and delivery != "never"
         if prepared.stream and not upstream_stream:
             prepared.body.pop("stream", None)  # `never`: one non-streamed call, replayed to the client as SSE
-        body = json.dumps(prepared.body).encode()
+        try:
+            # batches (embeddings) are sent one by one, each well under Vertex's cap
+            body = vertex_body_bytes(prepared.body) if prepared.batches is None else b""
+        except OpenAIError as err:  # over Vertex's 30 MB request cap (images inlined): refused here
+            flow.response = error_response(err)
+            return
         urls = prepared.urls(upstream_stream)
         region = snap.config.vertex.region
         ex = Exchange(api=api.NAME, requested_model=prepared.requested_model,
@@ -108,6 +116,9 @@ class Translate:
                     outcome=ex.outcome)
         relay = self.runtime.relay
         port = await relay.ensure_started()
+        if prepared.batches is not None:
+            flow.response = await self._batched_answer(ex, prepared, plan)
+            return
         if not upstream_stream:
             # answered here, retries included: a buffered answer needs no relay hop and no upstream connection
             answer = await relay.fetch(plan)
@@ -137,6 +148,51 @@ class Translate:
             if ex.capture is not None:
                 ex.capture.vertex_response = {"status": answer.status, "body": _json_or_text(answer.body)}
             return self._vertex_answer(ex, answer.status, answer.body, answer.headers, upstream_streamed=False)
+        finally:
+            ex.done = time.time()
+
+    async def _batched_answer(self, ex: Exchange, prepared: Any, template: Plan) -> http.Response:
+        """Several non-streamed calls for one request (embeddings), at most `max_concurrent` at a time. The first
+        that fails cancels the others and its error is the answer; the record's outcome sums their attempts."""
+        limit = asyncio.Semaphore(prepared.max_concurrent)
+        outcomes: list[Outcome] = []
+
+        async def one(k: int, body: dict[str, Any]) -> bytes:
+            async with limit:
+                plan = replace(template, body=json.dumps(body).encode(), outcome=Outcome())
+                outcomes.append(plan.outcome)
+                answer = await self.runtime.relay.fetch(plan)
+                if answer is None:
+                    raise _BatchFailed(plan.outcome.error)
+                if not 200 <= answer.status < 300:
+                    raise _BatchFailed(ex.call.batch_error(k, answer.status, answer.body, answer.headers,
+                                                           plan.outcome.region))
+                return answer.body
+
+        failure: OpenAIError | None = None
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(one(k, body)) for k, body in enumerate(prepared.batches)]
+            except* _BatchFailed as failed:
+                failure = failed.exceptions[0].error
+            finally:
+                ex.upstream_headers = time.time()
+                ex.outcome.attempts = sum(o.attempts for o in outcomes)
+                ex.outcome.region = outcomes[-1].region if outcomes else None
+                ex.outcome.retried = any(o.retried for o in outcomes)
+                ex.outcome.failed_over = any(o.failed_over for o in outcomes)
+            if failure is not None:
+                log.warning("modelmux: Vertex AI failed for %s: %s", ex.vertex_model, failure.message)
+                return error_response(failure)
+            bodies = [t.result() for t in tasks]
+            if ex.capture is not None:
+                ex.capture.vertex_response = {"status": 200, "batches": len(bodies),
+                                              "first": shorten_vectors(_json_or_text(bodies[0]))}
+            try:
+                return await ex.call.assemble(ex, bodies)
+            except OpenAIError as err:
+                return error_response(err)
         finally:
             ex.done = time.time()
 
@@ -262,6 +318,12 @@ class Translate:
                 flow.comment += "\n\n" + render_pair(record)
 
 
+class _BatchFailed(Exception):
+    def __init__(self, error: OpenAIError):
+        super().__init__(error.message)
+        self.error = error
+
+
 def _in_mitmweb() -> bool:
     return "web_port" in ctx.options.keys()
 
@@ -349,7 +411,7 @@ def _dump_record(flow: http.HTTPFlow, ex: Exchange, outcome: int, mode: str) -> 
             is_sse = flow.response.headers.get("content-type", "").startswith("text/event-stream")  # mode `never`
             openai_response = {"status": status,
                                **({"chunks": sse.payloads(flow.response.content or b"")} if is_sse else
-                                  {"body": _json_or_text(flow.response.content)})}
+                                  {"body": shorten_vectors(_json_or_text(flow.response.content))})}
     return {"time": ex.received, "id": flow.id, "api": ex.api, "model": ex.requested_model,
             "vertex_model": ex.vertex_model, "region": ex.served_region, "mode": mode, "stream": ex.stream,
             "delivery": ex.delivery, "status": outcome, "attempts": ex.attempts, "timings": timings,

@@ -3,6 +3,6 @@ client gets back (`Call`). The Translate addon runs them all the same way: one r
 one dump. Adding an API is a translator module (translate/) plus a module here.
 """
 
-from . import chat
+from . import chat, embeddings
 
-BY_PATH = {chat.PATH: chat}  # the POST paths translated to Vertex calls
+BY_PATH = {chat.PATH: chat, embeddings.PATH: embeddings}  # the POST paths translated to Vertex calls

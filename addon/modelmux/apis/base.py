@@ -34,3 +34,7 @@ class Prepared:
     stream: bool
     urls: Callable[[bool], dict[str, str]]  # streamed? → region → URL, in the order to try
     call: Call
+    # several non-streamed calls instead of one (embeddings): their bodies, sent at most `max_concurrent` at a
+    # time; the Call then has `batch_error(k, status, body, headers, region)` and `async assemble(ex, bodies)`
+    batches: list[dict[str, Any]] | None = None
+    max_concurrent: int = 1

@@ -39,8 +39,8 @@ def model_not_found(model: str) -> OpenAIError:
 
 
 def not_found_path(method: str, path: str) -> OpenAIError:
-    return OpenAIError(404, f"Invalid URL ({method} {path}): modelmux serves /v1/chat/completions and /v1/models.",
-                       "invalid_request_error", None, "unknown_url")
+    return OpenAIError(404, f"Invalid URL ({method} {path}): modelmux serves /v1/chat/completions, /v1/embeddings and "
+                            "/v1/models.", "invalid_request_error", None, "unknown_url")
 
 
 # --- modelmux's own failures on the way to Vertex (no usable upstream answer): the relay's, all here ---------
@@ -58,6 +58,11 @@ def upstream_timeout(region: str, kind: str, limit: float) -> OpenAIError:
 def upstream_broken(detail: str) -> OpenAIError:
     return OpenAIError(502, f"Vertex AI's answer broke off or could not be read: {detail}"[:400], "server_error",
                        None, "bad_upstream_response")
+
+
+def upstream_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(502, f"Vertex AI's answer is larger than modelmux accepts ({limit} bytes, decoded; the setting "
+                            "bounds.max_upstream_bytes).", "server_error", None, "upstream_answer_too_large")
 
 
 def credentials_unavailable(detail: str) -> OpenAIError:

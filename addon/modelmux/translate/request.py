@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import models
 from .errors import OpenAIError, invalid_request
+from .validation import (Boolean, Custom, Enum, Integer, Number, Object, String, check_array, check_enum,
+                         check_integer, check_object, check_string, invalid, missing, openai_error, tagged,
+                         too_many_properties, type_error)
 
 
 class _Open(BaseModel):
@@ -36,126 +39,344 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# --- the request's shape: every field of OpenAI's CreateChatCompletionRequest (../shared/openai-openapi.yaml,
+# allOf parts included), typed as the spec types it (validation.py); tests/test_request_parity.py walks the spec
+# and proves each field is checked.
+
 class CacheBreakpoint(_Open):
-    mode: str = "explicit"
+    mode: Enum("explicit")
 
 
 class TextPart(_Open):
-    type: Literal["text"]
-    text: str
+    type: Enum("text")
+    text: String()
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class ImageURL(_Open):
-    url: str
-    detail: str | None = None
+    url: String()
+    detail: Enum("auto", "low", "high") | None = None
 
 
 class ImagePart(_Open):
-    type: Literal["image_url"]
+    type: Enum("image_url")
     image_url: ImageURL
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
 class RefusalPart(_Open):
-    type: Literal["refusal"]
-    refusal: str
+    type: Enum("refusal")
+    refusal: String()
 
 
 class FileData(_Open):
-    filename: str | None = None
-    file_data: str | None = None
-    file_id: str | None = None
+    filename: String() | None = None
+    file_data: String() | None = None
+    file_id: String() | None = None
 
 
 class FilePart(_Open):
-    type: Literal["file"]
+    type: Enum("file")
     file: FileData
     prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
+class InputAudio(_Open):
+    data: String()
+    format: Enum("wav", "mp3")
+
+
 class AudioPart(_Open):
-    type: Literal["input_audio"]
+    type: Enum("input_audio")
+    input_audio: InputAudio
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
 
 
-ContentPart = Annotated[TextPart | ImagePart | RefusalPart | FilePart | AudioPart, Field(discriminator="type")]
+ContentPart = tagged({"text": TextPart, "image_url": ImagePart, "refusal": RefusalPart, "file": FilePart,
+                      "input_audio": AudioPart})
+Content = String() | Annotated[list[ContentPart], Field(min_length=1)]
 
 
 class FunctionCall(_Open):
-    name: str
-    arguments: str = ""
+    name: String()
+    arguments: String()
 
 
 class ToolCall(_Open):
-    id: str = Field(min_length=1)
-    type: Literal["function"] = "function"
+    id: String(min_length=1)
+    type: Enum("function")
     function: FunctionCall
 
 
+class AssistantAudio(_Open):
+    id: String()
+
+
+# content is required but for assistant messages (which may carry only tool calls)
+_CONTENT_REQUIRED = frozenset({"system", "developer", "user", "tool", "function"})
+
+
 class Message(_Open):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    role: Enum("system", "developer", "user", "assistant", "tool", "function")
+    content: Content | None = None
+    name: String() | None = None
     tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-    refusal: str | None = None
+    tool_call_id: String() | None = None
+    refusal: String() | None = None
+    audio: AssistantAudio | None = None  # ignored: an earlier audio answer, which Claude cannot have given
+    function_call: FunctionCall | None = None  # deprecated; ignored, as `tool_calls` replace it
+
+    @model_validator(mode="after")
+    def _required_content(self) -> Message:
+        if self.role in _CONTENT_REQUIRED and self.content is None:
+            if "content" not in self.model_fields_set:
+                raise missing(".content")
+            if self.role != "function":  # the deprecated function message may say null
+                raise type_error("one of a string or an array", None, ".content")
+        return self
 
 
 class FunctionDef(_Open):
-    name: str = Field(min_length=1)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    name: String(min_length=1)
+    description: String() | None = None
+    parameters: Object | None = None
+    strict: Boolean | None = None
+
+
+class CustomToolDef(_Open):
+    name: String()
+    description: String() | None = None
+    format: Object | None = None
 
 
 class Tool(_Open):
-    type: str
+    type: Enum("function", "custom")
     function: FunctionDef | None = None
+    custom: CustomToolDef | None = None
+
+    @model_validator(mode="after")
+    def _definition(self) -> Tool:
+        if getattr(self, self.type) is None:
+            raise missing("." + self.type)
+        return self
 
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: Boolean | None = None
+    include_obfuscation: Boolean | None = None
 
 
 class JsonSchemaFormat(_Open):
-    name: str = "response"
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
+    name: String()
+    description: String() | None = None
+    schema_: Object | None = Field(default=None, alias="schema")
+    strict: Boolean | None = None
 
 
 class ResponseFormat(_Open):
-    type: Literal["text", "json_object", "json_schema"]
+    type: Enum("text", "json_object", "json_schema")
     json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise missing(".json_schema")
+        return self
 
 
 class CacheOptions(_Open):
-    ttl: str | None = None
+    # the spec's ttl is "30m"; 5m / 1h / 24h are modelmux's (docs/mapping.md: Claude's cache lives 5 min or 1 h)
+    ttl: Enum("30m", "5m", "1h", "24h") | None = None
+    mode: Enum("implicit", "explicit") | None = None
+
+
+class Prediction(_Open):
+    type: Enum("content")
+    content: String() | Annotated[list[TextPart], Field(min_length=1)]
+
+
+class ApproximateLocation(_Open):
+    country: String() | None = None
+    region: String() | None = None
+    city: String() | None = None
+    timezone: String() | None = None
+
+
+class UserLocation(_Open):
+    type: Enum("approximate")
+    approximate: ApproximateLocation
+
+
+class WebSearchOptions(_Open):
+    user_location: UserLocation | None = None
+    search_context_size: Enum("low", "medium", "high") | None = None
+
+
+class Voice(_Open):
+    id: String()
+
+
+class AudioOutput(_Open):
+    voice: String() | Voice
+    format: Enum("wav", "aac", "mp3", "flac", "opus", "pcm16")
+
+
+class ModerationConfig(_Open):
+    mode: Enum("score", "block")
+
+
+class ModerationPolicy(_Open):
+    input: ModerationConfig | None = None
+    output: ModerationConfig | None = None
+
+
+class Moderation(_Open):
+    model: String()
+    policy: ModerationPolicy | None = None
+
+
+class FunctionSpec(_Open):  # the deprecated `functions`
+    name: String()
+    description: String() | None = None
+    parameters: Object | None = None
+
+
+METADATA_MAX_PAIRS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512  # OpenAI's Metadata limits
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    check_object(value)
+    if len(value) > METADATA_MAX_PAIRS:
+        raise too_many_properties(METADATA_MAX_PAIRS, len(value))
+    for key, item in value.items():
+        if len(key) > METADATA_KEY_MAX:
+            raise invalid(f"Invalid '{{param}}': key too long. Expected a key with maximum length {METADATA_KEY_MAX}, "
+                          f"but got a key with length {len(key)} instead.", "string_above_max_length")
+        check_string(item, max_length=METADATA_VALUE_MAX, at=f".{key}")
+    return value
+
+
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
+
+
+def _logit_bias(value: Any) -> dict[str, int]:
+    check_object(value)
+    for key, bias in value.items():
+        if not _TOKEN_ID.fullmatch(key):
+            raise invalid(f"Invalid key in '{{param}}': {key[:40]!r} is not a token ID (a string of digits).")
+        value[key] = check_integer(bias, -100, 100, at=f".{key}")
+    return value
+
+
+def _stop(value: Any) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise type_error("one of a string or an array", value)
+    check_array(value, 1, 4)
+    for i, item in enumerate(value):
+        check_string(item, at=f"[{i}]")
+    return value
+
+
+def _named(value: Any, key: str, at: str) -> None:
+    """`{key: {"name": str}}` inside a tool_choice-like object."""
+    if key not in value:
+        raise missing(f"{at}.{key}")
+    check_object(value[key], at=f"{at}.{key}")
+    if "name" not in value[key]:
+        raise missing(f"{at}.{key}.name")
+    check_string(value[key]["name"], at=f"{at}.{key}.name")
+
+
+def _tool_choice(value: Any) -> str | dict[str, Any]:
+    """ChatCompletionToolChoiceOption: none/auto/required, or a named function / custom tool, or allowed_tools."""
+    if isinstance(value, str):
+        return check_enum(value, ("none", "auto", "required"))
+    if not isinstance(value, dict):
+        raise type_error("one of a string or an object", value)
+    if "type" not in value:
+        raise missing(".type")
+    kind = check_enum(value["type"], ("function", "custom", "allowed_tools"), at=".type")
+    if kind != "allowed_tools":
+        _named(value, kind, "")
+        return value
+    if "allowed_tools" not in value:
+        raise missing(".allowed_tools")
+    allowed = check_object(value["allowed_tools"], at=".allowed_tools")
+    for key in ("mode", "tools"):
+        if key not in allowed:
+            raise missing(f".allowed_tools.{key}")
+    check_enum(allowed["mode"], ("auto", "required"), at=".allowed_tools.mode")
+    for i, item in enumerate(check_array(allowed["tools"], at=".allowed_tools.tools")):
+        check_object(item, at=f".allowed_tools.tools[{i}]")
+    return value
+
+
+def _function_call(value: Any) -> str | dict[str, Any]:
+    """The deprecated `function_call`: none / auto / {"name": …}."""
+    if isinstance(value, str):
+        return check_enum(value, ("none", "auto"))
+    if not isinstance(value, dict):
+        raise type_error("one of a string or an object", value)
+    if "name" not in value:
+        raise missing(".name")
+    check_string(value["name"], at=".name")
+    return value
+
+
+INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _model(value: Any) -> str:
+    check_string(value, min_length=1)
+    try:  # it may become part of the Vertex URL, and is logged: a lone surrogate (\ud800) cannot be either
+        value.encode()
+    except UnicodeEncodeError:
+        raise invalid("Invalid '{param}': the model name is not valid Unicode (it holds a lone surrogate).") from None
+    return value
 
 
 class ChatRequest(_Open):
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
-    stream: bool | None = None
+    model: Custom(str, _model)
+    messages: Annotated[list[Message], Field(min_length=1)]
+    stream: Boolean | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    n: int | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
+    max_tokens: Integer() | None = None
+    max_completion_tokens: Integer() | None = None
+    temperature: Number(0, 2) | None = None
+    top_p: Number(0, 1) | None = None
+    stop: Custom(str | list[str], _stop) | None = None
+    n: Integer(1, 128) | None = None
+    user: String() | None = None
+    safety_identifier: String(max_length=64) | None = None
     tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    tool_choice: Custom(str | dict[str, Any], _tool_choice) | None = None
+    parallel_tool_calls: Boolean | None = None
     response_format: ResponseFormat | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    modalities: list[str] | None = None
+    reasoning_effort: Enum("none", "minimal", "low", "medium", "high", "xhigh", "max") | None = None
+    logprobs: Boolean | None = None
+    top_logprobs: Integer(0, 20) | None = None
+    logit_bias: Custom(dict[str, int], _logit_bias) | None = None
+    modalities: list[Enum("text", "audio")] | None = None
     prompt_cache_options: CacheOptions | None = None
+    # ignored (docs/mapping.md) but checked as OpenAI checks them
+    seed: Integer(*INT64) | None = None
+    frequency_penalty: Number(-2, 2) | None = None
+    presence_penalty: Number(-2, 2) | None = None
+    metadata: Custom(dict[str, str], _metadata) | None = None
+    store: Boolean | None = None
+    service_tier: Enum("auto", "default", "flex", "scale", "priority", "fast") | None = None
+    verbosity: Enum("low", "medium", "high") | None = None
+    prediction: Prediction | None = None
+    prompt_cache_key: String() | None = None
+    prompt_cache_retention: Enum("in_memory", "24h") | None = None
+    moderation: Moderation | None = None
+    # refused (_REJECTED) once their shape is right
+    audio: AudioOutput | None = None
+    web_search_options: WebSearchOptions | None = None
+    functions: Annotated[list[FunctionSpec], Field(min_length=1, max_length=128)] | None = None
+    function_call: Custom(str | dict[str, Any], _function_call) | None = None
 
 
 # Fields whose meaning Claude cannot honour: a 400 beats an answer the client did not ask for.
@@ -191,22 +412,6 @@ def strict_json(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant)
 
 
-def _param(loc: tuple[Any, ...]) -> str:
-    """pydantic location → OpenAI's param notation: ('messages', 0, 'content') → 'messages[0].content'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "list[...]", "none", "dict[str,any]") or "[" in str(part) or str(part).startswith(
-                ("function-", "tagged-union", "literal")):
-            continue  # union branch names, not fields
-        elif part in ("text", "image_url", "refusal", "file", "input_audio") and out.endswith("]"):
-            continue  # the discriminator tag pydantic inserts for content parts
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
 def parse_request(raw: bytes) -> ChatRequest:
     """Validate the client's body. Raises OpenAIError (400) naming the offending parameter."""
     try:
@@ -220,10 +425,7 @@ def parse_request(raw: bytes) -> ChatRequest:
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as err:
-        # for a union (string or parts) the deepest location is the branch the client meant
-        first = max(err.errors(), key=lambda e: len(e["loc"]))
-        param = _param(first["loc"])
-        raise invalid_request(f"Invalid value for '{param}': {first['msg']}.", param=param or None) from None
+        raise openai_error(err) from None
     for key, message in _REJECTED.items():
         if data.get(key) not in (None, False, [], {}):
             raise invalid_request(message, param=key, code="unsupported_parameter")
@@ -269,6 +471,18 @@ def claude_tool_id(ident: str) -> str:
 
 # --- the translation ---------------------------------------------------------------------------------------
 
+class ImageSource(str):
+    """An http(s) image URL to fetch (a plain str to every reader) that remembers the parameter it came from, so a
+    failed fetch names it (images.fetch_images)."""
+
+    param: str
+
+    def __new__(cls, url: str, param: str) -> ImageSource:
+        source = super().__new__(cls, url)
+        source.param = param
+        return source
+
+
 @dataclass
 class VertexRequest:
     body: dict[str, Any]
@@ -277,7 +491,7 @@ class VertexRequest:
     tool_names: dict[str, str] = field(default_factory=dict)  # Claude name → the client's name
     json_tool: str | None = None  # the synthetic structured-output tool, answered as `content`
     json_wrapped: bool = False  # a non-object schema was wrapped as {"value": …}
-    image_urls: list[str] = field(default_factory=list)  # http(s) images to fetch and inline before sending
+    image_urls: list[str] = field(default_factory=list)  # http(s) images to fetch and inline (ImageSource)
     thinking: bool = False
 
 
@@ -364,7 +578,7 @@ def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
             valid = False
         if not valid:
             raise invalid_request("The image URL is not a valid http(s) URL.", param=param)
-        image_urls.append(url)
+        image_urls.append(ImageSource(url, param))
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise invalid_request("An image URL must be a data: URL (base64) or an http(s) URL.", param=param)
 
@@ -407,6 +621,8 @@ def _content_blocks(msg: Message, index: int, ttl: str | None, image_urls: list[
                 continue
             block: dict[str, Any] = {"type": "text", "text": part.text}
         elif isinstance(part, RefusalPart):
+            if msg.role != "assistant":
+                raise invalid_request("refusal parts are only allowed in assistant messages.", param=param + ".type")
             if not part.refusal.strip():
                 continue
             block = {"type": "text", "text": part.refusal}
@@ -676,6 +892,21 @@ def _hash_user(user: str) -> str:
     return "user-" + hashlib.sha256(_utf8(user)).hexdigest()[:32]
 
 
+VERTEX_MAX_REQUEST_BYTES = 30_000_000  # Vertex AI's cap on a request body ("30 MB", shared notes)
+
+
+def vertex_body_bytes(body: dict[str, Any]) -> bytes:
+    """The finished Vertex body (images inlined, nothing left to add) as the bytes to send. Over Vertex's cap it is
+    an OpenAI 413 `request_too_large` instead: Vertex would refuse it after the whole upload."""
+    data = json.dumps(body).encode()
+    if len(data) > VERTEX_MAX_REQUEST_BYTES:
+        raise OpenAIError(413, f"The request is too large for Vertex AI: {len(data)} bytes once translated (images "
+                               f"inlined as base64), over its limit of {VERTEX_MAX_REQUEST_BYTES} bytes. Send fewer or "
+                               f"smaller images or less text.", "invalid_request_error", "messages",
+                          "request_too_large")
+    return data
+
+
 def inline_images(body: dict[str, Any], fetched: dict[str, tuple[str, str]]) -> None:
     """Replace `url` image sources with the fetched (media_type, base64 data), in place."""
     for turn in body["messages"]:
@@ -687,4 +918,5 @@ def inline_images(body: dict[str, Any], fetched: dict[str, tuple[str, str]]) -> 
 
 
 __all__ = ["ChatRequest", "VertexRequest", "OpenAIError", "parse_request", "to_vertex_body", "inline_images",
+           "vertex_body_bytes", "VERTEX_MAX_REQUEST_BYTES",
            "claude_tool_name", "claude_tool_id", "JSON_TOOL"]
