@@ -47,7 +47,8 @@ Figures:
   (least-squares slope after warm-up), so that flat is visible; and the peak over the whole run, 256
   concurrent streams included;
 - start-up time (median of 5 starts until listening), the first chunk of a stream whose first attempt gets a
-  429 (modelmux fails over), and the pure stream translator alone (upstream events/s, one core).
+  429 (modelmux fails over), and the pure stream translators alone, chat and Responses, on the same 1,000
+  events fed one per read (upstream events/s, one core).
 Latency, first chunk, paced streams and throughput run in 3 rounds, the paths in turn within each round (over
 connections kept open, for throughput), so that load from elsewhere on the machine lands on every path alike;
 the run notes how much CPU other processes took meanwhile. Client, proxy and emulator share the machine's
@@ -88,6 +89,8 @@ from bench_measure import (  # noqa: E402
 
 from modelmux.procs import EMULATOR_READY, PROXY_READY, Proc, free_port, wait_port  # noqa: E402
 from modelmux.translate.response import AnswerShape  # noqa: E402
+from modelmux.translate.responses.response import ResponseShape  # noqa: E402
+from modelmux.translate.responses.stream import ResponsesStreamTranslator  # noqa: E402
 from modelmux.translate.stream import StreamTranslator  # noqa: E402
 
 MODEL, PROJECT, REGION = "claude-sonnet-4-5@20250929", "bench", "us-east5"
@@ -327,7 +330,16 @@ def retried_stream_cost(emu_url: str, reverse: Target, n: int) -> dict[str, floa
     return asyncio.run(_retried_stream_cost(emu_url, reverse, n))
 
 
-def translator_events_per_second(seconds: float) -> float:
+def chat_translator() -> StreamTranslator:
+    return StreamTranslator(AnswerShape(model="gpt-4o", created=0, include_usage=True, fallback_id="x"))
+
+
+def responses_translator() -> ResponsesStreamTranslator:
+    return ResponsesStreamTranslator(ResponseShape(response_id="resp_bench", created_at=0, model="gpt-4o",
+                                                   key=bytes(32)))
+
+
+def translator_events_per_second(seconds: float, make=chat_translator) -> float:
     events = [b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_vrtx_1","usage":'
               b'{"input_tokens":10,"output_tokens":1}}}\n\n']
     delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hello "}}\n\n'
@@ -335,7 +347,7 @@ def translator_events_per_second(seconds: float) -> float:
     events.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        t = StreamTranslator(AnswerShape(model="gpt-4o", created=0, include_usage=True, fallback_id="x"))
+        t = make()
         for e in events:  # one event per socket read: the worst case for per-call overhead
             t.feed(e)
         count += len(events)
@@ -378,7 +390,9 @@ def run_all(cfg: dict, litellm: str | None, results: dict) -> None:
             rss, peak = memory_kb(t.pid)
             results["paths"][name]["memory_at_end"] = {"rss_mb": rss / 1024, "peak_since_soak_mb": peak / 1024}
     step("stream translator alone")
-    results["translator"] = {"events_per_second": translator_events_per_second(cfg["translator_s"])}
+    results["translator"] = {"events_per_second": translator_events_per_second(cfg["translator_s"]),
+                             "responses_events_per_second": translator_events_per_second(cfg["translator_s"],
+                                                                                         responses_translator)}
 
 
 def measure_startup(tmp: Path, emu_url: str, key: Path, cfg: dict, results: dict) -> None:
@@ -530,6 +544,10 @@ def report(results: dict, cfg: dict) -> str:
     if "translator" in results:
         out.append(f"Stream translator alone: {results['translator']['events_per_second']:,.0f} upstream events/s "
                    "on one core (one event per read).")
+        if "responses_events_per_second" in results["translator"]:
+            out.append(f"Responses stream translator alone: "
+                       f"{results['translator']['responses_events_per_second']:,.0f} upstream events/s on one core "
+                       "(the same events).")
     out += [f"Note: {n}" for n in results["notes"]]
     out += [f"ERROR: {e}" for e in results["errors"]]
     return "\n".join(out)

@@ -105,3 +105,97 @@ def validate_openai_sse(raw: bytes) -> list[dict]:
     for c in chunks:
         validate_chunk(c)
     return chunks
+
+
+# --- the Responses API's streams ----------------------------------------------------------------------------
+
+RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
+@functools.cache
+def responses_event_schemas() -> dict[str, str]:
+    """A ResponseStreamEvent's `type` → the name of the spec's schema for it."""
+    _, spec = _registry()
+    schemas = spec["components"]["schemas"]
+    out = {}
+    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[1]
+        for kind in schemas[name]["properties"]["type"]["enum"]:
+            out[kind] = name
+    return out
+
+
+def validate_response(body: Any) -> None:
+    validate(body, "Response")
+
+
+def validate_responses_event(event: dict) -> None:
+    """One stream event against the schema its `type` names."""
+    schema = responses_event_schemas().get(event.get("type"))
+    assert schema, f"not a ResponseStreamEvent type: {event.get('type')!r}"
+    validate(event, schema)
+
+
+def validate_responses_events(events: list[dict]) -> list[dict]:
+    """A whole Responses stream's events (parsed): each against its schema, and the rules clients rely on that a
+    schema cannot say — sequence_number from 0 with no gap; created first; every output item added (in order)
+    before its deltas and done, done once; every content / summary part added before its deltas and done;
+    exactly one terminal event (completed / incomplete / failed), the last, whose response holds every item as
+    its output_item.done gave it. Returns the events."""
+    assert events, "empty stream"
+    for event in events:
+        validate_responses_event(event)
+    numbers = [e["sequence_number"] for e in events]
+    assert numbers == list(range(len(events))), f"sequence_number must count from 0 by 1: {numbers[:12]}"
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.created", f"the first event is response.created, not {kinds[0]}"
+    terminal = [k for k in kinds if k in RESPONSES_TERMINAL]
+    assert len(terminal) == 1 and kinds[-1] == terminal[0], f"exactly one terminal event, last: {kinds[-3:]}"
+    added: dict[int, dict] = {}
+    done: dict[int, dict] = {}
+    parts: set[tuple[int, str, int]] = set()  # (output_index, content|summary, index) open now
+    closed_parts: set[tuple[int, str, int]] = set()
+    for e in events:
+        kind, index = e["type"], e.get("output_index")
+        if kind == "response.output_item.added":
+            assert index == len(added), f"item {index} added out of order (expected {len(added)})"
+            added[index] = e["item"]
+        elif kind == "response.output_item.done":
+            assert index in added and index not in done, f"item {index} done without being added, or twice"
+            assert e["item"]["id"] == added[index]["id"] and e["item"]["type"] == added[index]["type"], \
+                f"item {index} done as another item than was added"
+            assert not {p for p in parts if p[0] == index}, f"item {index} done before its parts"
+            done[index] = e["item"]
+        elif index is not None:
+            assert index in added and index not in done, f"{kind} for item {index}, which is not open"
+            assert e.get("item_id", added[index]["id"]) == added[index]["id"], f"{kind}: item_id of another item"
+            for key, group in (("content_index", "content"), ("summary_index", "summary")):
+                if key not in e:
+                    continue
+                part = (index, group, e[key])
+                if kind.endswith("_part.added"):
+                    assert part not in parts and part not in closed_parts, f"{kind}: part {part} added twice"
+                    parts.add(part)
+                elif kind.endswith("_part.done"):
+                    assert part in parts, f"{kind}: part {part} done without being added"
+                    parts.remove(part)
+                    closed_parts.add(part)
+                elif group == "content" or kind.startswith("response.reasoning_summary"):
+                    assert part in parts, f"{kind} outside its part {part}"
+    assert set(added) == set(done), f"items added but never done: {sorted(set(added) - set(done))}"
+    final = events[-1]["response"]
+    assert final["output"] == [done[i] for i in range(len(done))], "the terminal response holds every done item"
+    assert all(e["response"]["id"] == final["id"] for e in events if "response" in e), "one response id"
+    return events
+
+
+def validate_responses_sse(raw: bytes) -> list[dict]:
+    """A whole Responses SSE body: `event:` lines naming their data's type, no [DONE], then
+    validate_responses_events. Returns the events."""
+    pairs = sse.events(raw)
+    assert pairs, "no events"
+    assert all(data != "[DONE]" for _, data in pairs), "a Responses stream has no [DONE]"
+    events = [json.loads(data) for _, data in pairs]
+    for (name, _), event in zip(pairs, events):
+        assert name in (None, event.get("type")), f"event: {name} carries data of type {event.get('type')}"
+    return validate_responses_events(events)

@@ -1,0 +1,618 @@
+import json
+
+import pytest
+from openapi import validate
+
+from modelmux.translate.errors import OpenAIError
+from modelmux.translate.request import NO_RESULT_TEXT, claude_tool_name
+from modelmux.translate.responses.request import (COMPACTION_PROMPT, as_compaction, conversation_items,
+                                                  parse_responses_request, references, to_vertex_body)
+from modelmux.translate.responses.response import (compact_resource, seal_summary, seal_thinking, to_response,
+                                                   unseal_summary)
+
+KEY = bytes(range(32))
+MODEL = "claude-sonnet-4-5@20250929"
+V1 = "vertex-2023-10-16"
+PNG = "data:image/png;base64,iVBORw0KGgo="
+PDF = "data:application/pdf;base64,JVBERi0xLjQK"
+
+
+def call(body, *, model=MODEL, version=V1, **kw):
+    kw.setdefault("key", KEY)
+    kw.setdefault("created_at", 1700000000)
+    req = parse_responses_request(json.dumps({"model": "gpt-5", **body}).encode())
+    return to_vertex_body(req, model, version, **kw)
+
+
+def error(body, **kw):
+    with pytest.raises(OpenAIError) as info:
+        call(body, **kw)
+    err = info.value
+    assert err.status == 400 and err.type == "invalid_request_error"
+    return err
+
+
+def turns(c):
+    return [(t["role"], [b["type"] for b in t["content"]]) for t in c.body["messages"]]
+
+
+def test_string_input_and_instructions():
+    c = call({"input": "Hello", "instructions": "Be brief."})
+    assert c.body["system"] == [{"type": "text", "text": "Be brief."}]
+    assert c.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    assert "model" not in c.body and c.body["anthropic_version"] == V1 and c.body["max_tokens"] == 16384
+    assert c.input_items[0]["content"] == [{"type": "input_text", "text": "Hello"}]
+    assert c.input_items[0]["id"].startswith("msg_") and c.store and not c.stream
+
+
+def test_the_sealing_key_never_shows_in_a_repr():
+    c = call({"input": "x"})
+    assert c.shape.key == KEY and KEY.hex() not in repr(c) and repr(KEY) not in repr(c)
+
+
+def test_leading_system_and_developer_messages_join_system_later_ones_stay_in_place():
+    c = call({"instructions": "I", "input": [
+        {"role": "developer", "content": "D"}, {"role": "system", "content": [{"type": "input_text", "text": "S"}]},
+        {"role": "user", "content": "U"}, {"role": "developer", "content": "late"}]})
+    assert [b["text"] for b in c.body["system"]] == ["I", "D", "S"]
+    assert c.body["messages"][0]["content"][-1]["text"] == "<developer>\nlate\n</developer>"
+
+
+def test_content_parts_images_and_pdfs():
+    c = call({"input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "look"}, {"type": "input_text", "text": "  "},
+        {"type": "input_image", "image_url": PNG, "detail": "auto"},
+        {"type": "input_image", "image_url": "https://example.com/cat.jpg"},
+        {"type": "input_file", "file_data": PDF, "filename": "spec.pdf"}]}]})
+    blocks = c.body["messages"][0]["content"]
+    assert [b["type"] for b in blocks] == ["text", "image", "image", "document"]  # the blank text is dropped
+    assert blocks[1]["source"] == {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    assert blocks[2]["source"] == {"type": "url", "url": "https://example.com/cat.jpg"}
+    assert c.image_urls == ["https://example.com/cat.jpg"]
+    assert blocks[3]["title"] == "spec.pdf" and blocks[3]["source"]["media_type"] == "application/pdf"
+
+
+@pytest.mark.parametrize("part, param", [
+    ({"type": "input_image", "file_id": "file-1"}, "input[0].content[0]"),
+    ({"type": "input_file", "file_id": "file-1"}, "input[0].content[0]"),
+    ({"type": "input_file", "file_url": "https://x/y.pdf"}, "input[0].content[0].file_url"),
+    ({"type": "input_image", "image_url": "ftp://x"}, "input[0].content[0].image_url"),
+    ({"type": "input_audio"}, "input[0].content[0].type"),
+    ({"type": "input_text"}, "input[0].content[0].text"),
+    ({"type": "input_text", "text": 5}, "input[0].content[0].text"),
+])
+def test_bad_parts_are_a_400_naming_them(part, param):
+    assert error({"input": [{"role": "user", "content": [part]}]}).param == param
+
+
+def test_images_only_where_openai_allows_them():
+    err = error({"input": [{"role": "system", "content": [{"type": "input_image", "image_url": PNG}]}]})
+    assert err.param == "input[0].content[0]"
+    err = error({"input": [{"role": "assistant", "content": [{"type": "input_image", "image_url": PNG}]}]})
+    assert err.param == "input[0].content[0].type"
+
+
+def test_replayed_assistant_messages_output_text_and_refusal():
+    c = call({"input": [{"role": "user", "content": "q"},
+                        {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+                         "content": [{"type": "output_text", "text": "A", "annotations": []},
+                                     {"type": "refusal", "refusal": "R"}]},
+                        {"role": "assistant", "content": "plain"}, {"role": "user", "content": "more"}]})
+    assert c.body["messages"][1] == {"role": "assistant", "content": [{"type": "text", "text": "A"},
+                                                                       {"type": "text", "text": "R"},
+                                                                       {"type": "text", "text": "plain"}]}
+    assert c.input_items[1]["id"] == "msg_1"
+    assert c.input_items[2]["content"] == [{"type": "output_text", "text": "plain", "annotations": [],
+                                            "logprobs": []}]
+
+
+def fc(call_id, name="lookup", args='{"q": 1}', **kw):
+    return {"type": "function_call", "call_id": call_id, "name": name, "arguments": args, **kw}
+
+
+def out(call_id, output="ok"):
+    return {"type": "function_call_output", "call_id": call_id, "output": output}
+
+
+def test_consecutive_calls_are_one_assistant_turn_and_their_outputs_one_user_turn_results_first():
+    c = call({"input": [{"role": "user", "content": "go"}, {"role": "assistant", "content": "Looking."},
+                        fc("call_1"), fc("call_2", args=""), out("call_2", "two"), out("call_1", "one"),
+                        {"role": "user", "content": "and?"}]})
+    assert turns(c) == [("user", ["text"]), ("assistant", ["text", "tool_use", "tool_use"]),
+                        ("user", ["tool_result", "tool_result", "text"])]
+    uses = c.body["messages"][1]["content"][1:]
+    assert [(u["id"], u["input"]) for u in uses] == [("call_1", {"q": 1}), ("call_2", {})]
+    results = c.body["messages"][2]["content"]
+    assert [(r["tool_use_id"], r["content"]) for r in results[:2]] == [("call_2", "two"), ("call_1", "one")]
+
+
+def test_calls_without_outputs_get_a_synthesized_error_result():
+    c = call({"input": [{"role": "user", "content": "go"}, fc("call_1"), fc("call_2"), out("call_1")]})
+    results = c.body["messages"][-1]["content"]
+    assert [r["tool_use_id"] for r in results] == ["call_1", "call_2"]
+    assert results[1] == {"type": "tool_result", "tool_use_id": "call_2", "is_error": True, "content": NO_RESULT_TEXT}
+    c = call({"input": [{"role": "user", "content": "go"}, fc("call_1"), {"role": "user", "content": "never mind"}]})
+    assert turns(c)[-1] == ("user", ["tool_result", "text"])
+
+
+def test_a_late_developer_message_between_a_call_and_its_output_keeps_them_paired():
+    c = call({"input": [{"role": "user", "content": "go"}, fc("call_1"), {"role": "developer", "content": "note"},
+                        out("call_1", "done")]})
+    assert turns(c) == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result", "text"])]
+    assert c.body["messages"][2]["content"][0]["content"] == "done"
+
+
+def test_tool_outputs_with_content_parts():
+    c = call({"input": [{"role": "user", "content": "go"}, fc("call_1"),
+                        {"type": "function_call_output", "call_id": "call_1",
+                         "output": [{"type": "input_text", "text": "see"}, {"type": "input_image", "image_url": PNG}]}]})
+    assert [b["type"] for b in c.body["messages"][-1]["content"][0]["content"]] == ["text", "image"]
+
+
+@pytest.mark.parametrize("items, param", [
+    ([{"role": "user", "content": "x"}, out("nope")], "input[1].call_id"),
+    ([{"role": "user", "content": "x"}, {"type": "function_call_output", "output": "o"}], "input[1].call_id"),
+    ([{"role": "user", "content": "x"}, fc("c1", args="{not json")], "input[1].arguments"),
+    ([{"role": "user", "content": "x"}, fc("c1", args="[1]")], "input[1].arguments"),
+    ([{"role": "user", "content": "x"}, fc("c1"), out("c1"), fc("c1")], "input[3].call_id"),
+    ([{"role": "user", "content": "x"}, {"type": "function_call", "name": "f", "arguments": "{}"}], "input[1].call_id"),
+    ([{"type": "computer_call", "id": "cu_1"}], "input[0].type"),
+    ([{"type": "local_shell_call"}], "input[0].type"),
+    ([{"type": "telepathy"}], "input[0].type"),
+    ([{"content": "no role"}], "input[0].type"),
+    ([{"role": "robot", "content": "x"}], "input[0].role"),
+    ([{"role": "user"}], "input[0].content"),
+    (["just a string"], "input[0]"),
+    ([{"type": "reasoning", "id": "rs_1"}], "input[0].summary"),
+])
+def test_bad_items_are_a_400_naming_them(items, param):
+    assert error({"input": items}).param == param
+
+
+def test_custom_tools_round_trip_as_one_string_input():
+    grammar = {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch hunk+ end_patch"}
+    c = call({"tools": [{"type": "custom", "name": "apply_patch", "description": "Edit files.", "format": grammar}],
+              "input": [{"role": "user", "content": "fix it"},
+                        {"type": "custom_tool_call", "call_id": "call_p", "name": "apply_patch",
+                         "input": "*** Begin Patch\n*** End Patch"},
+                        {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done!"}]})
+    tool = c.body["tools"][0]
+    assert tool["name"] == "apply_patch" and tool["input_schema"]["required"] == ["input"]
+    assert tool["input_schema"]["properties"]["input"]["type"] == "string"
+    assert "start: begin_patch hunk+ end_patch" in tool["description"] and tool["description"].startswith("Edit files.")
+    assert c.body["messages"][1]["content"] == [{"type": "tool_use", "id": "call_p", "name": "apply_patch",
+                                                 "input": {"input": "*** Begin Patch\n*** End Patch"}}]
+    assert c.body["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "call_p", "content": "Done!"}]
+    assert c.shape.custom_tools == frozenset({"apply_patch"})
+    answer = to_response({"content": [{"type": "tool_use", "id": "toolu_1", "name": "apply_patch",
+                                       "input": {"input": "*** Begin Patch"}}], "stop_reason": "tool_use"}, c.shape)
+    item = answer.response["output"][0]
+    assert item["type"] == "custom_tool_call" and item["input"] == "*** Begin Patch" and item["call_id"] == "toolu_1"
+    assert item["id"].startswith("ctc_")
+    validate(answer.response, "Response")
+
+
+def test_function_tools_optional_fields_and_flat_shape():
+    c = call({"tools": [{"type": "function", "name": "now"},
+                        {"type": "function", "name": "get", "description": "Get it.", "strict": True,
+                         "parameters": {"type": "object", "properties": {"id": {"type": "string"}},
+                                        "required": ["id"], "additionalProperties": False}}],
+              "input": "x"})
+    assert c.body["tools"][0] == {"name": "now", "input_schema": {"type": "object", "properties": {}}}
+    assert c.body["tools"][1]["description"] == "Get it." and "strict" not in c.body["tools"][1]
+    echoed = to_response({"content": [{"type": "text", "text": "hi"}]}, c.shape).response
+    assert echoed["tools"][0] == {"type": "function", "name": "now", "parameters": None, "strict": None}
+    validate(echoed, "Response")
+
+
+def test_names_and_namespaces_are_sanitised_and_restored():
+    c = call({"tools": [{"type": "function", "name": "github.search"},
+                        {"type": "namespace", "name": "mcp__fs", "description": "Files",
+                         "tools": [{"type": "function", "name": "read", "description": "Read one."}]}],
+              "input": [{"role": "user", "content": "x"}, fc("c1", name="github.search"),
+                        fc("c2", name="read", namespace="mcp__fs"), out("c1"), out("c2")]})
+    names = [t["name"] for t in c.body["tools"]]
+    assert names == [claude_tool_name("github.search"), "mcp__fs__read"]
+    assert c.body["tools"][1]["description"] == "[mcp__fs: Files] Read one."
+    assert [u["name"] for u in c.body["messages"][1]["content"]] == names
+    answer = to_response({"content": [{"type": "tool_use", "id": "t1", "name": names[0], "input": {}},
+                                      {"type": "tool_use", "id": "t2", "name": "mcp__fs__read", "input": {"p": "/"}}],
+                          "stop_reason": "tool_use"}, c.shape).response
+    assert [(o["name"], o.get("namespace")) for o in answer["output"]] == [("github.search", None), ("read", "mcp__fs")]
+    assert answer["output"][1]["arguments"] == '{"p": "/"}'
+    validate(answer, "Response")
+    codex = call({"tools": [{"type": "namespace", "name": "mcp__demo__", "description": "Demo",
+                             "tools": [{"type": "function", "name": "echo"}]}], "input": "x"})
+    assert codex.body["tools"][0]["name"] == "mcp__demo__echo"  # Codex's namespaces end in __ already
+
+
+def test_builtin_tools_are_a_400_naming_them_unless_dropped():
+    for kind in ["file_search", "code_interpreter", "image_generation", "computer_use_preview", "local_shell",
+                 "shell", "mcp", "apply_patch", "tool_search"]:
+        err = error({"tools": [{"type": "function", "name": "f"}, {"type": kind}], "input": "x"})
+        assert err.param == "tools[1].type" and kind in err.message
+    c = call({"tools": [{"type": "function", "name": "f"}, {"type": "image_generation", "output_format": "png"},
+                        {"type": "web_search", "external_web_access": False}], "input": "x"}, drop_builtin_tools=True)
+    assert [t["name"] for t in c.body["tools"]] == ["f"] and c.dropped_tools == ["image_generation", "web_search"]
+    assert error({"tools": [{"type": "warp_drive"}], "input": "x"}).param == "tools[0].type"
+
+
+def test_web_search_when_enabled_becomes_claudes_tool():
+    err = error({"tools": [{"type": "web_search"}], "input": "x"})
+    assert err.param == "tools[0].type" and "not enabled" in err.message
+    c = call({"tools": [{"type": "web_search_preview", "user_location": {"type": "approximate", "city": "Paris",
+                                                                         "country": "FR"},
+                         "filters": {"allowed_domains": ["example.com"]}}],
+              "max_tool_calls": 3, "input": "news?"}, web_search=True)
+    assert c.body["tools"] == [{"type": "web_search_20250305", "name": "web_search", "allowed_domains": ["example.com"],
+                                "user_location": {"type": "approximate", "city": "Paris", "country": "FR"},
+                                "max_uses": 3}]
+    c = call({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search_preview"}, "input": "x"},
+             web_search=True)
+    assert c.body["tool_choice"] == {"type": "tool", "name": "web_search"}
+
+
+def test_tool_choice_forms():
+    tools = [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}, {"type": "custom", "name": "c"}]
+    assert call({"tools": tools, "tool_choice": "required", "input": "x"}).body["tool_choice"] == {"type": "any"}
+    assert call({"tools": tools, "tool_choice": "none", "input": "x"}).body["tool_choice"] == {"type": "none"}
+    assert call({"tools": tools, "tool_choice": "auto", "input": "x"}).body["tool_choice"] == {"type": "auto"}
+    assert call({"tools": tools, "tool_choice": {"type": "function", "name": "b"}, "input": "x"}).body[
+        "tool_choice"] == {"type": "tool", "name": "b"}
+    assert call({"tools": tools, "tool_choice": {"type": "custom", "name": "c"}, "input": "x"}).body[
+        "tool_choice"] == {"type": "tool", "name": "c"}
+    c = call({"tools": tools, "tool_choice": {"type": "allowed_tools", "mode": "required",
+                                              "tools": [{"type": "function", "name": "a"},
+                                                        {"type": "custom", "name": "c"}]}, "input": "x"})
+    assert [t["name"] for t in c.body["tools"]] == ["a", "c"] and c.body["tool_choice"] == {"type": "any"}
+    c = call({"tools": tools, "parallel_tool_calls": False, "input": "x"})
+    assert c.body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    assert "tool_choice" not in call({"tool_choice": "auto", "input": "x"}).body
+
+
+@pytest.mark.parametrize("choice, param", [
+    ({"type": "function", "name": "zzz"}, "tool_choice.name"),
+    ({"type": "custom", "name": "a"}, "tool_choice.name"),  # a is a function, not a custom tool
+    ({"type": "function"}, "tool_choice.name"),
+    ({"type": "file_search"}, "tool_choice.type"),
+    ({"type": "mcp", "server_label": "x"}, "tool_choice.type"),
+    ({"type": "web_search_preview"}, "tool_choice"),
+    ({"type": "allowed_tools", "tools": []}, "tool_choice"),
+    ("sometimes", "tool_choice"),
+])
+def test_bad_tool_choices(choice, param):
+    assert error({"tools": [{"type": "function", "name": "a"}], "tool_choice": choice, "input": "x"}).param == param
+    assert error({"tool_choice": "required", "input": "x"}).param == "tool_choice"
+
+
+def test_text_format_json_schema_is_a_forced_tool_answered_as_output_text():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    c = call({"text": {"format": {"type": "json_schema", "name": "count", "schema": schema, "strict": True},
+                       "verbosity": "low"}, "input": "count"})
+    assert c.body["tools"] == [{"name": "json_response", "input_schema": schema,
+                                "description": "Give your final answer by calling this tool; its input is the "
+                                               "answer. Format: count."}]
+    assert c.body["tool_choice"] == {"type": "tool", "name": "json_response"}
+    answer = to_response({"content": [{"type": "tool_use", "id": "t", "name": "json_response", "input": {"n": 3}}],
+                          "stop_reason": "tool_use"}, c.shape).response
+    assert answer["output"][0]["content"] == [{"type": "output_text", "text": '{"n": 3}', "annotations": [],
+                                               "logprobs": []}]
+    assert answer["text"] == {"format": {"type": "json_schema", "name": "count", "schema": schema, "strict": True},
+                              "verbosity": "low"}
+    validate(answer, "Response")
+    wrapped = call({"text": {"format": {"type": "json_schema", "name": "list", "schema": {"type": "array"}}},
+                    "input": "x"})
+    assert wrapped.shape.json_wrapped and wrapped.body["tools"][0]["input_schema"]["required"] == ["value"]
+    assert call({"text": {"format": {"type": "json_object"}}, "input": "json please"}).body["tools"][0][
+        "input_schema"] == {"type": "object"}
+    assert error({"text": {"format": {"type": "json_schema", "name": "x"}}, "input": "x"}).param == "text.format.schema"
+    assert error({"text": {"format": {"type": "json_schema", "schema": {}}}, "input": "x"}).param == "text.format.name"
+    assert error({"text": {"format": {"type": "yaml"}}, "input": "x"}).param == "text.format.type"
+
+
+def test_json_mode_with_client_tools_keeps_them_callable():
+    c = call({"tools": [{"type": "function", "name": "a"}], "text": {"format": {"type": "json_object"}},
+              "input": "x"})
+    assert [t["name"] for t in c.body["tools"]] == ["a", "json_response"] and c.body["tool_choice"] == {"type": "any"}
+    c = call({"tools": [{"type": "function", "name": "a"}], "tool_choice": "none",
+              "text": {"format": {"type": "json_object"}}, "input": "x"})
+    assert [t["name"] for t in c.body["tools"]] == ["json_response"]
+
+
+def test_reasoning_effort_is_a_thinking_budget_under_the_chat_rules():
+    c = call({"reasoning": {"effort": "high", "summary": "auto"}, "input": "think"})
+    assert c.body["thinking"] == {"type": "enabled", "budget_tokens": 16384} and c.thinking
+    assert c.body["max_tokens"] == 16384 + 16384 and c.shape.summary
+    assert "thinking" not in call({"reasoning": {"effort": "none"}, "input": "x"}).body
+    assert "thinking" not in call({"input": "x"}).body
+    forced = call({"reasoning": {"effort": "high"}, "tools": [{"type": "function", "name": "a"}],
+                   "tool_choice": "required", "input": "x"})
+    assert "thinking" not in forced.body  # Anthropic rejects thinking with a forced tool
+    small = call({"reasoning": {"effort": "high"}, "max_output_tokens": 1000, "input": "x"})
+    assert "thinking" not in small.body and small.body["max_tokens"] == 1000
+    capped = call({"reasoning": {"effort": "max"}, "max_output_tokens": 100000, "input": "x"})
+    assert capped.body["max_tokens"] == 64000 and capped.body["thinking"]["budget_tokens"] == 63999
+    assert not call({"reasoning": {"effort": "low"}, "input": "x"}).shape.summary  # no summary unless asked
+
+
+def test_sampling_rules_follow_chat():
+    c = call({"temperature": 1.7, "input": "x"}, model="claude-3-7-sonnet@20250219")
+    assert c.body["temperature"] == 1.0
+    c = call({"temperature": 0.2, "top_p": 0.9, "input": "x"})  # Sonnet 4.5 rejects the pair: temperature wins
+    assert c.body["temperature"] == 0.2 and "top_p" not in c.body
+    c = call({"temperature": 0.2, "top_p": 0.9, "input": "x"}, version="2026-10-21")
+    assert "temperature" not in c.body and "top_p" not in c.body
+    c = call({"temperature": 0.2, "reasoning": {"effort": "low"}, "input": "x"})
+    assert "temperature" not in c.body  # thinking needs the default
+
+
+def test_user_and_safety_identifier_become_a_hashed_user_id():
+    c = call({"user": "alice@example.com", "safety_identifier": "sid-1", "input": "x"})
+    assert c.body["metadata"]["user_id"].startswith("user-") and "sid-1" not in json.dumps(c.body)
+    assert c.body["metadata"] == call({"safety_identifier": "sid-1", "input": "x"}).body["metadata"]
+
+
+def test_prompt_cache_key_and_breakpoints():
+    c = call({"instructions": "sys", "prompt_cache_key": "thread-1", "input": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})
+    assert c.body["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert c.body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in json.dumps(c.body["messages"][:-1])
+    c = call({"prompt_cache_retention": "24h", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "big", "prompt_cache_breakpoint": {"mode": "explicit"}},
+        {"type": "input_text", "text": "small"}]}]})
+    assert c.body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "cache_control" not in c.body["messages"][0]["content"][1]
+    assert "cache_control" not in json.dumps(call({"input": "plain"}).body)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input": "x", "model": None}, "model"),
+    ({"input": "x", "stream": 1}, "stream"),
+    ({"input": "x", "store": "false"}, "store"),
+    ({"input": "x", "max_output_tokens": 15}, "max_output_tokens"),
+    ({"input": "x", "max_output_tokens": "100"}, "max_output_tokens"),
+    ({"input": "x", "max_output_tokens": 100.0}, "max_output_tokens"),
+    ({"input": "x", "temperature": 2.5}, "temperature"),
+    ({"input": "x", "top_p": -0.1}, "top_p"),
+    ({"input": "x", "top_logprobs": 2}, "top_logprobs"),
+    ({"input": "x", "top_logprobs": 21}, "top_logprobs"),
+    ({"input": "x", "include": ["message.output_text.logprobs"]}, "include"),
+    ({"input": "x", "include": ["everything"]}, "include[0]"),
+    ({"input": "x", "background": True}, "background"),
+    ({"input": "x", "conversation": "conv_1"}, "conversation"),
+    ({"input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"input": "x", "context_management": [{"type": "compaction", "compact_threshold": 5000}]}, "context_management"),
+    ({"input": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"input": "x", "metadata": {"k": 1}}, "metadata.k"),
+    ({"input": "x", "metadata": {"k": "v" * 513}}, "metadata.k"),
+    ({"input": "x", "safety_identifier": "s" * 65}, "safety_identifier"),
+    ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"input": "x", "text": {"verbosity": "chatty"}}, "text.verbosity"),
+    ({"input": "x", "truncation": "sometimes"}, "truncation"),
+    ({"input": "x", "service_tier": "gold"}, "service_tier"),
+    ({"input": "x", "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"input": 42}, "input"),
+    ({"input": []}, "input"),
+])
+def test_bad_fields_are_a_400_naming_them(body, param):
+    raw = {"model": "gpt-5", **body}
+    if raw["model"] is None:
+        del raw["model"]
+    with pytest.raises(OpenAIError) as info:
+        to_vertex_body(parse_responses_request(json.dumps(raw).encode()), MODEL, V1, key=KEY, created_at=1)
+    assert info.value.status == 400 and info.value.param == param, info.value.message
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[]", b'{"model": NaN}', b"[" * 100000])
+def test_unreadable_bodies_are_a_400(raw):
+    with pytest.raises(OpenAIError) as info:
+        parse_responses_request(raw)
+    assert info.value.status == 400
+
+
+def test_missing_model_uses_openai_wording():
+    with pytest.raises(OpenAIError) as info:
+        parse_responses_request(b'{"input": "x"}')
+    assert info.value.code == "missing_required_parameter" and "'model'" in info.value.message
+
+
+def test_accepted_fields_change_nothing_in_the_claude_call():
+    plain = call({"input": "x"}).body
+    for extra in [{"store": False}, {"service_tier": "flex"}, {"truncation": "auto"}, {"metadata": {"a": "b"}},
+                  {"text": {"verbosity": "high"}}, {"stream_options": {"include_obfuscation": False}},
+                  {"include": ["reasoning.encrypted_content", "web_search_call.action.sources"]},
+                  {"prompt_cache_retention": "in_memory"}, {"max_tool_calls": 2}, {"top_logprobs": 0},
+                  {"reasoning": {"summary": "detailed"}}, {"client_metadata": {"x": "y"}},
+                  {"moderation": {"model": "omni-moderation-latest"}}]:
+        assert call({"input": "x", **extra}).body == plain, extra
+
+
+def test_echoed_fields_make_a_valid_response():
+    c = call({"input": "x", "instructions": "I", "metadata": {"a": "b"}, "temperature": 0.5, "top_p": 0.9,
+              "max_output_tokens": 500, "store": False, "previous_response_id": None, "user": "u",
+              "tool_choice": "none", "tools": [{"type": "function", "name": "f"}], "parallel_tool_calls": False,
+              "reasoning": {"effort": "low", "summary": "concise"}, "service_tier": "priority",
+              "prompt_cache_key": "k", "truncation": "auto"})
+    r = to_response({"id": "msg_vrtx", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                     "usage": {"input_tokens": 10, "output_tokens": 2}}, c.shape).response
+    validate(r, "Response")
+    assert (r["instructions"], r["metadata"], r["temperature"], r["top_p"], r["max_output_tokens"], r["store"],
+            r["user"], r["tool_choice"], r["parallel_tool_calls"], r["reasoning"], r["service_tier"],
+            r["prompt_cache_key"], r["truncation"], r["model"]) == (
+        "I", {"a": "b"}, 0.5, 0.9, 500, False, "u", "none", False, {"effort": "low", "summary": "concise"},
+        "default", "k", "auto", "gpt-5")
+    assert r["created_at"] == 1700000000 and r["id"].startswith("resp_") and len(r["id"]) == 55
+    assert r["id"] != call({"input": "x"}).shape.response_id
+
+
+# --- reasoning across turns ---------------------------------------------------------------------------------
+
+THOUGHT = {"type": "thinking", "thinking": "I should look it up.", "signature": "EqQBCkYIBxgCKkB"}
+REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}
+
+
+def first_turn():
+    """A thinking model's answer with a tool call, as the client receives it with the blob included."""
+    c = call({"reasoning": {"effort": "medium", "summary": "auto"}, "include": ["reasoning.encrypted_content"],
+              "store": False, "tools": [{"type": "function", "name": "lookup"}], "input": "What is X?"})
+    msg = {"id": "msg_vrtx_1", "content": [THOUGHT, REDACTED, {"type": "text", "text": "Let me check."},
+                                           {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "X"}}],
+           "stop_reason": "tool_use", "usage": {"input_tokens": 20, "output_tokens": 30}}
+    return c, to_response(msg, c.shape)
+
+
+def test_sealed_reasoning_round_trips_to_the_exact_thinking_blocks_at_the_head_of_the_turn():
+    _, answer = first_turn()
+    output = answer.response["output"]
+    assert [o["type"] for o in output] == ["reasoning", "message", "function_call"]
+    assert output[0]["summary"] == [{"type": "summary_text", "text": "I should look it up."}]
+    assert output[0]["encrypted_content"].startswith("modelmux:")
+    validate(answer.response, "Response")
+    second = call({"reasoning": {"effort": "medium"}, "include": ["reasoning.encrypted_content"], "store": False,
+                   "tools": [{"type": "function", "name": "lookup"}],
+                   "input": [{"role": "user", "content": "What is X?"}, *output,
+                             out(output[2]["call_id"], "X is 42.")]})
+    assistant = second.body["messages"][1]["content"]
+    assert assistant[:2] == [THOUGHT, REDACTED]  # exactly as Claude produced them, first in the turn
+    assert [b["type"] for b in assistant[2:]] == ["text", "tool_use"]
+    assert second.body["thinking"]["type"] == "enabled"  # the tool loop can go on thinking
+
+
+def test_a_tampered_blob_is_a_400_naming_the_item():
+    _, answer = first_turn()
+    output = answer.response["output"]
+    blob = output[0]["encrypted_content"]
+    for bad in [blob[:-4] + ("AAAA" if not blob.endswith("AAAA") else "BBBB"), blob[:40], "modelmux:garbage"]:
+        err = error({"input": [{"role": "user", "content": "q"}, {**output[0], "encrypted_content": bad},
+                               *output[1:], out(output[2]["call_id"])]})
+        assert err.param == "input[1].encrypted_content" and err.code == "invalid_encrypted_content"
+    other = error({"input": [{"role": "user", "content": "q"}, *output, out(output[2]["call_id"])]},
+                  key=bytes(range(1, 33)))
+    assert other.param == "input[1].encrypted_content"
+
+
+def test_foreign_or_missing_reasoning_is_dropped_and_thinking_pauses_for_that_tool_loop():
+    _, answer = first_turn()
+    output = answer.response["output"]
+    for reasoning in [{"type": "reasoning", "id": "rs_x", "summary": [], "encrypted_content": "gAAAAABpPDIU"},
+                      {"type": "reasoning", "id": "rs_x", "summary": [{"type": "summary_text", "text": "hm"}]}]:
+        c = call({"reasoning": {"effort": "medium"}, "tools": [{"type": "function", "name": "lookup"}],
+                  "input": [{"role": "user", "content": "q"}, reasoning, *output[1:], out(output[2]["call_id"])]})
+        assert turns(c)[1] == ("assistant", ["text", "tool_use"])
+        assert "thinking" not in c.body  # Vertex requires the loop's thinking; without it, no thinking
+        assert c.input_items[1]["id"] == "rs_x"  # still stored as the client sent it
+
+
+def test_reasoning_sent_by_value_without_its_blob_is_taken_from_the_store():
+    _, answer = first_turn()
+    stored = answer.stored["output"]
+    bare = {k: v for k, v in stored[0].items() if k != "encrypted_content"}
+    body = {"reasoning": {"effort": "low"}, "tools": [{"type": "function", "name": "lookup"}],
+            "input": [{"role": "user", "content": "q"}, bare, *stored[1:], out(stored[2]["call_id"])]}
+    req = parse_responses_request(json.dumps({"model": "gpt-5", **body}).encode())
+    assert references(req) == [stored[0]["id"]]
+    c = to_vertex_body(req, MODEL, V1, key=KEY, resolved={stored[0]["id"]: stored[0]}, created_at=1)
+    assert c.body["messages"][1]["content"][:2] == [THOUGHT, REDACTED]
+    assert c.input_items[1]["encrypted_content"] == stored[0]["encrypted_content"]
+
+
+def test_item_references_are_resolved_by_the_caller():
+    _, answer = first_turn()
+    stored = answer.stored["output"]
+    body = {"input": [{"role": "user", "content": "q"}, {"type": "item_reference", "id": stored[0]["id"]},
+                      {"id": stored[1]["id"]}, stored[2], out(stored[2]["call_id"])]}
+    req = parse_responses_request(json.dumps({"model": "gpt-5", **body}).encode())
+    assert references(req) == [stored[0]["id"], stored[1]["id"]]
+    c = to_vertex_body(req, MODEL, V1, key=KEY, resolved={i["id"]: i for i in stored}, created_at=1)
+    assert turns(c) == [("user", ["text"]), ("assistant", ["thinking", "redacted_thinking", "text", "tool_use"]),
+                        ("user", ["tool_result"])]
+    assert [i["id"] for i in c.input_items[1:3]] == [stored[0]["id"], stored[1]["id"]]
+    with pytest.raises(OpenAIError) as info:
+        to_vertex_body(req, MODEL, V1, key=KEY, resolved={}, created_at=1)
+    assert info.value.param == "input[1].id" and info.value.code == "item_not_found"
+
+
+def test_previous_response_history_rebuilds_the_conversation_without_its_instructions():
+    c1, answer = first_turn()
+    history = conversation_items([(c1.input_items, answer.stored)])
+    assert [i["type"] for i in history] == ["message", "reasoning", "message", "function_call"]
+    c = call({"instructions": "New rules.", "previous_response_id": answer.stored["id"],
+              "reasoning": {"effort": "medium"}, "tools": [{"type": "function", "name": "lookup"}],
+              "input": [out("toolu_1", "42")]}, history=history)
+    assert c.body["system"] == [{"type": "text", "text": "New rules."}]
+    assert turns(c) == [("user", ["text"]), ("assistant", ["thinking", "redacted_thinking", "text", "tool_use"]),
+                        ("user", ["tool_result"])]
+    assert c.body["thinking"]["type"] == "enabled"
+    assert [i["type"] for i in c.input_items] == ["function_call_output"]  # only the new input is stored
+    for item in c1.input_items + answer.stored["output"] + c.input_items:
+        validate(item, "ItemResource")
+
+
+def test_thinking_cache_fallback_when_the_client_dropped_reasoning():
+    c = call({"reasoning": {"effort": "medium"}, "tools": [{"type": "function", "name": "lookup"}],
+              "input": [{"role": "user", "content": "q"}, fc("toolu_1"), out("toolu_1")]},
+             thinking_for=lambda ident: [THOUGHT] if ident == "toolu_1" else None)
+    assert c.body["messages"][1]["content"][0] == THOUGHT and c.body["thinking"]["type"] == "enabled"
+
+
+def test_reasoning_with_nothing_after_it_is_dropped():
+    blob = seal_thinking([THOUGHT], KEY)
+    c = call({"input": [{"role": "user", "content": "q"},
+                        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": blob},
+                        {"role": "user", "content": "again"}]})
+    assert turns(c) == [("user", ["text", "text"])]
+
+
+# --- compaction ---------------------------------------------------------------------------------------------
+
+def test_compaction_items_expand_into_a_summary_turn():
+    item = {"type": "compaction", "id": "cmp_1", "encrypted_content": seal_summary("We fixed bug #7.", KEY)}
+    c = call({"input": [item, {"role": "user", "content": "next?"}]})
+    assert c.body["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "<conversation_summary>\nWe fixed bug #7.\n</conversation_summary>"},
+        {"type": "text", "text": "next?"}]}]
+    assert c.input_items[0] == item
+    for bad in [{**item, "encrypted_content": "gAAAAAB"}, {**item, "encrypted_content": seal_thinking([THOUGHT], KEY)}]:
+        assert error({"input": [bad, {"role": "user", "content": "x"}]}).param == "input[0].encrypted_content"
+
+
+def test_a_compaction_trigger_asks_claude_for_the_summary():
+    c = call({"reasoning": {"effort": "high"}, "tools": [{"type": "function", "name": "f"}],
+              "text": {"format": {"type": "json_object"}},
+              "input": [{"role": "user", "content": "long talk"}, {"role": "assistant", "content": "yes"},
+                        {"type": "compaction_trigger"}]})
+    assert c.compaction and c.shape.compaction
+    assert c.body["messages"][-1]["content"][-1] == {"type": "text", "text": COMPACTION_PROMPT}
+    assert c.body["tool_choice"] == {"type": "none"} and [t["name"] for t in c.body["tools"]] == ["f"]
+    assert "thinking" not in c.body and all(i["type"] != "compaction_trigger" for i in c.input_items)
+    answer = to_response({"content": [{"type": "text", "text": "Summary: X."}], "stop_reason": "end_turn"}, c.shape)
+    [item] = answer.response["output"]
+    assert item["type"] == "compaction" and item["id"].startswith("cmp_")
+    assert unseal_summary(item["encrypted_content"], KEY) == "Summary: X."
+    validate(answer.response, "Response")
+    later = call({"input": [item, {"role": "user", "content": "continue"}]})
+    assert "Summary: X." in later.body["messages"][0]["content"][0]["text"]
+
+
+def test_the_compact_endpoint_is_the_same_request_with_a_trigger():
+    raw = json.dumps({"model": "gpt-5", "instructions": "sys", "input": [
+        {"role": "user", "content": "long talk"}, {"role": "assistant", "content": "ok"}]}).encode()
+    req = as_compaction(parse_responses_request(raw))
+    c = to_vertex_body(req, MODEL, V1, key=KEY, created_at=5)
+    assert c.compaction and not c.stream and c.body["messages"][-1]["content"][-1]["text"] == COMPACTION_PROMPT
+    resource = compact_resource(to_response({"content": [{"type": "text", "text": "S"}], "stop_reason": "end_turn",
+                                             "usage": {"input_tokens": 9, "output_tokens": 2}}, c.shape))
+    validate(resource, "CompactResource")
+    assert resource["object"] == "response.compaction" and resource["output"][0]["type"] == "compaction"
+    assert resource["created_at"] == 5 and resource["usage"]["input_tokens"] == 9
+    assert as_compaction(parse_responses_request(b'{"model": "m", "input": "hi"}')).input[0]["content"] == "hi"
+
+
+def test_web_search_call_items_are_kept_for_the_record_only():
+    c = call({"input": [{"role": "user", "content": "q"},
+                        {"type": "web_search_call", "id": "ws_1", "status": "completed",
+                         "action": {"type": "search", "query": "x"}},
+                        {"role": "assistant", "content": "found"}]})
+    assert turns(c) == [("user", ["text"]), ("assistant", ["text"])] and c.input_items[1]["id"] == "ws_1"
