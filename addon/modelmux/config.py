@@ -138,6 +138,49 @@ class EmbeddingLimits(_Strict):
         return self
 
 
+class ResponsesConfig(_Strict):
+    """The Responses API (docs/responses.md)."""
+
+    # seals reasoning and compaction items handed to clients (`encrypted_content`): 32 bytes as 64 hex digits or
+    # base64, e.g. "${MODELMUX_SEALING_KEY}"; null → generated once into the confdir (modelmux-sealing.key, 0600).
+    # Replicas must share one: set it here, or share the confdir.
+    sealing_key: str | None = Field(default=None, repr=False)
+    previous_sealing_keys: tuple[str, ...] = Field(default=(), repr=False)  # still opened, never used to seal
+    web_search: bool = False  # `web_search` tools → Claude's web search on Vertex (Preview; blocked under VPC-SC)
+    # OpenAI's built-in tools Claude cannot run (image_generation, file_search, code_interpreter, …; web_search
+    # unless enabled) are a 400 naming the tool — or dropped with a log line when this is set, or when the client's
+    # User-Agent matches one of these regexes (Codex always sends web_search and image_generation)
+    drop_builtin_tools: bool = False
+    drop_builtin_tools_user_agents: tuple[str, ...] = ("^codex",)
+    keepalive_seconds: float = Field(default=15.0, ge=0)  # a silent stream gets a response.in_progress this often
+
+    @field_validator("sealing_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .translate.responses.sealing import parse_key
+            parse_key(value)  # ValueError names the problem, never the key
+        return value
+
+    @field_validator("previous_sealing_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .translate.responses.sealing import parse_key
+        for k in value:
+            parse_key(k)
+        return value
+
+    @field_validator("drop_builtin_tools_user_agents")
+    @classmethod
+    def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from None
+        return value
+
+
 class EmbeddingsConfig(_Strict):
     """`POST /v1/embeddings` → Vertex AI `:predict` (docs/mapping.md, "Embeddings")."""
 
@@ -495,6 +538,7 @@ class Config(_Strict):
     dump: DumpConfig = DumpConfig()
     streaming: StreamingConfig = StreamingConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     state: StateConfig = StateConfig()
     limits: LimitsConfig = LimitsConfig()
     budgets: BudgetsConfig = BudgetsConfig()

@@ -41,6 +41,8 @@ class Metrics:
         self.local_errors = Counter("modelmux_local_errors", "Requests modelmux answered itself with an error, "
                                     "never sent upstream (bad input, unknown model or path, client key)",
                                     ["status", "code"], registry=self.registry)
+        self.state_errors = Counter("modelmux_state_errors", "Failed calls to the state store (state.url), by operation",
+                                    ["op"], registry=self.registry)
         self.active_streams = Gauge("modelmux_active_streams", "Streams being relayed now", registry=self.registry,
                                     multiprocess_mode="livesum")
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
@@ -49,6 +51,9 @@ class Metrics:
             self._copied = _CopiedUpstreamCounters(self.registry, relay_counters, token_refreshes)
         else:
             self.registry.register(_UpstreamCollector(relay_counters, token_refreshes))
+
+    def state_error(self, op: str) -> None:
+        self.state_errors.labels(op).inc()  # `op`: one of the store's fixed operation names
 
     def observe(self, ex: Exchange, status: int, mode: str) -> None:
         model, stream = ex.model_label, str(ex.stream).lower()

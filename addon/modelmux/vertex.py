@@ -88,6 +88,12 @@ class Router:
         return model_url(project=v.project, region=region or v.region, model=route.vertex_model, stream=stream,
                          base_url=v.base_url)
 
+    def count_tokens_url(self, *, region: str | None = None) -> str:
+        """Vertex's Claude count-tokens endpoint (the model goes in the body)."""
+        v = self._config.vertex
+        return model_url(project=v.project, region=region or v.region, model="count-tokens", stream=False,
+                         base_url=v.base_url)
+
     def regions(self) -> list[str]:
         """The configured region, then the fallbacks, in order, without repeats."""
         v = self._config.vertex

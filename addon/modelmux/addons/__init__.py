@@ -12,19 +12,20 @@ from .local_endpoints import LocalEndpoints
 from .local_errors import LocalErrors
 from .redact import RedactCredentials
 from .runtime import Runtime
+from .stored_responses import StoredResponses
 from .translate import Translate
 
 
 def make_addons(runtime: Runtime | None = None) -> list[object]:
     """The addon chain: config first (others read the Runtime it fills); then what keeps the proxy safe to expose —
     who may use a forwarding listener, the client connection's limits, where forwarded traffic may go, what is
-    decrypted; then inbound auth, local answers and translation; then the count of errors answered locally; last,
+    decrypted; then inbound auth, the stored responses' reads, local answers and translation; then the count of errors answered locally; last,
     the client's credentials redacted from the flow (after every other request hook)."""
     runtime = runtime or Runtime()
     return [ConfigLoader(runtime), Exposure(runtime), ClientLimits(runtime), Forwarding(runtime),
-            InterceptScope(runtime), ClientAuth(runtime), LocalEndpoints(runtime), Translate(runtime),
-            LocalErrors(runtime), RedactCredentials(runtime)]
+            InterceptScope(runtime), ClientAuth(runtime), StoredResponses(runtime), LocalEndpoints(runtime),
+            Translate(runtime), LocalErrors(runtime), RedactCredentials(runtime)]
 
 
 __all__ = ["make_addons", "Runtime", "ClientAuth", "ClientLimits", "ConfigLoader", "Exposure", "Forwarding",
-           "InterceptScope", "LocalEndpoints", "LocalErrors", "RedactCredentials", "Translate"]
+           "InterceptScope", "LocalEndpoints", "LocalErrors", "RedactCredentials", "StoredResponses", "Translate"]

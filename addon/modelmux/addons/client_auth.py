@@ -13,14 +13,15 @@ For proxy-level authentication (before any TLS interception) mitmproxy's own `pr
 
 from __future__ import annotations
 
-import hmac
-
 from mitmproxy import http
 
-from ..translate.errors import OpenAIError
 from ..apis.answers import error_response
+from ..translate.errors import OpenAIError
 from .runtime import Runtime
 from .scope import is_ours
+
+
+KEY_NAME = "modelmux_key"  # the client key's name (never the key), on flows of a key-gated modelmux
 
 
 def _bearer(flow: http.HTTPFlow) -> str:
@@ -38,8 +39,10 @@ class ClientAuth:
             return
         if not is_ours(flow, snap.intercept_hosts):
             return
-        presented = _bearer(flow).encode()
-        if not any(hmac.compare_digest(presented, key.encode()) for key in snap.config.security.client_keys):
+        entry = snap.config.security.client_for(_bearer(flow))
+        if entry is None:
             flow.response = error_response(OpenAIError(
                 401, "Incorrect API key provided: this modelmux accepts only its configured client keys "
                      "(security.client_keys).", "invalid_request_error", None, "invalid_api_key"))
+            return
+        flow.metadata[KEY_NAME] = entry.name  # who asked: limits, spend and stored responses go by this name

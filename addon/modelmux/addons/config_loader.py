@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
@@ -85,6 +86,8 @@ class ConfigLoader:
         (e.g. an exposed listener without auth) or its dump cannot be opened."""
         self.runtime.check(config)
         self._open_dump(ctx.options.modelmux_dump or config.dump.path)
+        if "confdir" in ctx.options.keys():
+            self.runtime.confdir = Path(ctx.options.confdir).expanduser()
         old = self.runtime.current
         # same credentials: keep the token provider and its cached token (no refresh just for a reload)
         tokens = old.tokens if old is not None and old.config.auth == config.auth else None
@@ -123,9 +126,10 @@ class ConfigLoader:
             return
         log.info("modelmux: reloaded %s", self.path)
 
-    def done(self):
+    async def done(self):
         if self._watcher is not None:
             self._watcher.cancel()
         if self.runtime.current is not None:
             self.runtime.current.tokens.close()
+        await self.runtime.close()
         self.runtime.dump.close()

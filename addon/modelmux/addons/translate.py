@@ -20,6 +20,7 @@ Cases:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from ..apis import BY_PATH
+from ..apis.base import Client
 from ..apis.answers import SSE_HEADERS, error_response, sse_response
 from ..dump import shorten_payloads, shorten_vectors
 from ..exchange import Capture, Exchange, StreamTranslator, Tokens
@@ -40,6 +42,7 @@ from ..translate.errors import OpenAIError, from_upstream
 from ..translate.request import vertex_body_bytes
 from ..translate.stream import message_as_events
 from ..upstream import PLAN_HEADER, USER_AGENT, Answer, Outcome, Plan
+from .client_auth import KEY_NAME
 from .runtime import Runtime, Snapshot
 from .scope import is_ours, route_path, sent_to_listener
 
@@ -81,8 +84,9 @@ class Translate:
     async def _translate_request(self, flow: http.HTTPFlow, snap: Snapshot, api: Any) -> None:
         received = time.time()
         raw = flow.request.get_content(strict=False) or b""
+        client = Client(user_agent=flow.request.headers.get("user-agent", ""), key=flow.metadata.get(KEY_NAME))
         try:
-            prepared = await api.prepare(raw, snap, self.runtime)
+            prepared = await api.prepare(raw, snap, self.runtime, client)
         except OpenAIError as err:
             flow.response = error_response(err)
             return
@@ -102,7 +106,7 @@ class Translate:
         ex = Exchange(api=api.NAME, requested_model=prepared.requested_model,
                       model_label=snap.router.label(prepared.requested_model), vertex_model=prepared.vertex_model,
                       region=region, vertex_url=urls[region], stream=prepared.stream, delivery=delivery,
-                      call=prepared.call, received=received)
+                      call=prepared.call, received=received, key_name=client.key)
         if self.runtime.dump.enabled or self._flow_pairs:
             ex.capture = Capture(openai_request=_json_or_text(raw),
                                  vertex_request={"url": ex.vertex_url, "body": prepared.body})
@@ -113,7 +117,7 @@ class Translate:
         plan = Plan(urls=urls, body=body, stream=upstream_stream, tokens=snap.tokens, retries=snap.config.retries,
                     timeouts=snap.config.timeouts,
                     window=snap.config.streaming.window_ms / 1000 if delivery == "buffered" else 0.0,
-                    outcome=ex.outcome)
+                    keepalive=prepared.keepalive, outcome=ex.outcome)
         relay = self.runtime.relay
         port = await relay.ensure_started()
         if prepared.batches is not None:
@@ -123,7 +127,7 @@ class Translate:
             # answered here, retries included: a buffered answer needs no relay hop and no upstream connection
             answer = await relay.fetch(plan)
             ex.upstream_headers = time.time()
-            flow.response = self._buffered_answer(ex, answer)
+            flow.response = await self._buffered_answer(ex, answer)
             return
         # streamed: to the loopback relay, which makes the Vertex call (with retries and failover) and adds the
         # Google token; the path stays Vertex's, so the flow reads as the call it stands for
@@ -138,7 +142,7 @@ class Translate:
 
     # --- answers ------------------------------------------------------------------------------------------
 
-    def _buffered_answer(self, ex: Exchange, answer: Answer | None) -> http.Response:
+    async def _buffered_answer(self, ex: Exchange, answer: Answer | None) -> http.Response:
         """A whole answer from Vertex (or the relay's failure) → what the client gets."""
         try:
             if answer is None:
@@ -147,7 +151,20 @@ class Translate:
                 return error_response(err)
             if ex.capture is not None:
                 ex.capture.vertex_response = {"status": answer.status, "body": _json_or_text(answer.body)}
-            return self._vertex_answer(ex, answer.status, answer.body, answer.headers, upstream_streamed=False)
+            if not 200 <= answer.status < 300:
+                return self._vertex_error(ex, answer.status, answer.body, answer.headers)
+            try:
+                if hasattr(ex.call, "answer_body"):  # an API whose Vertex answer is not a message
+                    return await _resolved(ex.call.answer_body(ex, answer.body))
+                message = _message(answer.body)
+                if message is None:
+                    return _unexpected(answer.status, answer.headers)
+                ex.tokens = Tokens.from_anthropic(message.get("usage"))
+                if ex.stream:
+                    return _replayed_stream(ex, message)
+                return await _resolved(ex.call.answer(ex, message))
+            except OpenAIError as err:
+                return error_response(err)
         finally:
             ex.done = time.time()
 
@@ -196,25 +213,10 @@ class Translate:
         finally:
             ex.done = time.time()
 
-    def _vertex_answer(self, ex: Exchange, status: int, content: bytes, headers: dict[str, str], *,
-                       upstream_streamed: bool) -> http.Response:
-        if not 200 <= status < 300:
-            err = from_upstream(status, content, headers, model=ex.vertex_model, region=ex.served_region)
-            log.warning("modelmux: Vertex AI answered %d for %s: %s", status, ex.vertex_model, err.message)
-            return error_response(err)
-        try:
-            message = json.loads(content)
-            if upstream_streamed or not isinstance(message, dict) or message.get("type") != "message":
-                raise ValueError("not an Anthropic message")
-        except ValueError:
-            return error_response(OpenAIError(
-                502, f"Vertex AI answered {status} with an unexpected body "
-                     f"({headers.get('content-type', 'no content-type')}).", "server_error", None,
-                "bad_upstream_response"))
-        ex.tokens = Tokens.from_anthropic(message.get("usage"))
-        if ex.stream:
-            return _replayed_stream(ex, message)
-        return ex.call.answer(ex, message)
+    def _vertex_error(self, ex: Exchange, status: int, content: bytes, headers: dict[str, str]) -> http.Response:
+        err = from_upstream(status, content, headers, model=ex.vertex_model, region=ex.served_region)
+        log.warning("modelmux: Vertex AI answered %d for %s: %s", status, ex.vertex_model, err.message)
+        return error_response(err)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex = self.exchanges.get(flow.id)
@@ -248,8 +250,9 @@ class Translate:
                 content = resp.get_content(strict=False) or b""
                 if ex.capture is not None:
                     ex.capture.vertex_response = {"status": resp.status_code, "body": _json_or_text(content)}
-                flow.response = self._vertex_answer(ex, resp.status_code, content, dict(resp.headers),
-                                                    upstream_streamed=True)
+                flow.response = (self._vertex_error(ex, resp.status_code, content, dict(resp.headers))
+                                 if not 200 <= resp.status_code < 300 else  # a 2xx that is no event stream
+                                 _unexpected(resp.status_code, dict(resp.headers)))
             ex.done = time.time()
         self._record(flow, ex, flow.response.status_code)
 
@@ -316,6 +319,24 @@ class Translate:
                 record = shorten_payloads(record)
                 flow.metadata[PAIR] = record
                 flow.comment += "\n\n" + render_pair(record)
+
+
+async def _resolved(answer: Any) -> http.Response:
+    return await answer if inspect.isawaitable(answer) else answer
+
+
+def _message(content: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(content)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and message.get("type") == "message" else None
+
+
+def _unexpected(status: int, headers: dict[str, str]) -> http.Response:
+    return error_response(OpenAIError(
+        502, f"Vertex AI answered {status} with an unexpected body ({headers.get('content-type', 'no content-type')}).",
+        "server_error", None, "bad_upstream_response"))
 
 
 class _BatchFailed(Exception):

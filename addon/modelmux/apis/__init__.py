@@ -3,6 +3,7 @@ client gets back (`Call`). The Translate addon runs them all the same way: one r
 one dump. Adding an API is a translator module (translate/) plus a module here.
 """
 
-from . import chat, embeddings
+from . import chat, embeddings, responses, responses_compact, responses_tokens
 
-BY_PATH = {chat.PATH: chat, embeddings.PATH: embeddings}  # the POST paths translated to Vertex calls
+# the POST paths translated to Vertex calls
+BY_PATH = {api.PATH: api for api in (chat, embeddings, responses, responses_compact, responses_tokens)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,11 +11,20 @@ from mitmproxy import http
 from ..exchange import Exchange, StreamTranslator
 
 
+@dataclass(frozen=True)
+class Client:
+    """Who sent the request, as far as the API modules need to know."""
+
+    user_agent: str
+    key: str | None  # the client key's name (security.client_keys), when keys are configured
+
+
 class Call(Protocol):
     """The API-specific half of one exchange, fixed when the request was translated."""
 
-    def answer(self, ex: Exchange, message: dict[str, Any]) -> http.Response:
-        """A complete Vertex (Anthropic) message → the client's non-streamed answer."""
+    def answer(self, ex: Exchange, message: dict[str, Any]) -> http.Response | Awaitable[http.Response]:
+        """A complete Vertex (Anthropic) message → the client's non-streamed answer. (A Call whose Vertex answer is
+        not a message has `answer_body(ex, content)` instead.)"""
 
     def translator(self, ex: Exchange, coalesce: bool) -> StreamTranslator:
         """The incremental translator for a streamed answer."""
@@ -38,3 +47,4 @@ class Prepared:
     # time; the Call then has `batch_error(k, status, body, headers, region)` and `async assemble(ex, bodies)`
     batches: list[dict[str, Any]] | None = None
     max_concurrent: int = 1
+    keepalive: float = 0.0  # a streamed answer silent this long gets a keep-alive the client sees (0: none)

@@ -23,7 +23,7 @@ from ..translate.response import AnswerShape, thinking_to_keep, to_openai_respon
 from ..translate.stream import StreamTranslator
 from ..vertex import UnknownModel
 from .answers import json_response
-from .base import Prepared
+from .base import Client, Prepared
 
 NAME = "chat"
 PATH = "/v1/chat/completions"
@@ -47,7 +47,7 @@ class ChatCall:
             self.thinking.put(*kept)
 
 
-async def prepare(raw: bytes, snap: Any, runtime: Any) -> Prepared:
+async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepared:
     """Raises OpenAIError for anything the client must fix."""
     req = parse_request(raw)
     try:

@@ -19,7 +19,7 @@ from mitmproxy import http
 from ..exchange import Exchange, Tokens
 from ..translate.embeddings import EmbeddingsPlan, assemble_bytes, batch_error, embeddings_plan
 from ..translate.errors import OpenAIError
-from .base import Prepared
+from .base import Client, Prepared
 
 NAME = "embeddings"
 PATH = "/v1/embeddings"
@@ -51,7 +51,7 @@ def _prompt_tokens(body: bytes) -> int:
         return 0
 
 
-async def prepare(raw: bytes, snap: Any, runtime: Any) -> Prepared:
+async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepared:
     """Raises OpenAIError for anything the client must fix."""
     truncate = snap.config.embeddings.truncate
     if len(raw) > OFF_LOOP_BYTES:  # tokenizing thousands of texts must not stall every other connection

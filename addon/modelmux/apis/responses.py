@@ -33,6 +33,7 @@ from ..translate.errors import OpenAIError, invalid_request, model_not_found
 from ..translate.request import inline_images
 from ..translate.responses.request import (ResponsesRequest, as_compaction, conversation_items, parse_responses_request,
                                            references, to_vertex_body)
+from ..translate.response import thinking_to_keep
 from ..translate.responses.response import compact_resource, to_response
 from ..translate.responses.stream import ResponsesStreamTranslator
 from ..vertex import UnknownModel
@@ -85,7 +86,8 @@ class ResponsesCall:
 
     async def answer(self, ex: Exchange, message: dict[str, Any]) -> http.Response:
         answer = to_response(message, self.call.shape)
-        self._keep_thinking(answer.stored)
+        if kept := thinking_to_keep(message.get("content") or []):  # for a loop continued without reasoning
+            self.runtime.thinking.put(*kept)
         if self.call.store and not self.compact:
             await _put(self.runtime.store, self._record(answer.stored))
         return json_response(200, compact_resource(answer) if self.compact else answer.response)
@@ -99,10 +101,6 @@ class ResponsesCall:
         stored = translator.stored_response
         if stored is not None and self.call.store:
             self.runtime.archive.write(self.runtime.store, self._record(stored))
-
-    def _keep_thinking(self, stored: dict[str, Any]) -> None:
-        """Claude's thinking for the tool loop's next turn, when the client sends the calls back without their
-        reasoning item (the stored response has it sealed; the cache serves store: false)."""
 
     def _record(self, stored: dict[str, Any]) -> StoredResponse:
         return StoredResponse(id=stored["id"], owner=self.owner, created_at=float(stored["created_at"]),
@@ -151,11 +149,14 @@ def _drops_builtin_tools(cfg: Any, client: Client) -> bool:
                                          for p in cfg.drop_builtin_tools_user_agents)
 
 
-async def translate(raw: bytes, snap: Any, runtime: Any, client: Client, *, compact: bool = False):
+async def translate(raw: bytes, snap: Any, runtime: Any, client: Client, *, compact: bool = False,
+                    stream: bool | None = None):
     """The parsed request, its route and its translation (ResponsesCall of translate/responses/request.py)."""
     req = parse_responses_request(raw)
     if compact:
         req = as_compaction(req)
+    if stream is not None:
+        req = req.model_copy(update={"stream": stream})
     try:
         route = snap.router.route(req.model)
     except UnknownModel:
