@@ -31,7 +31,7 @@ def chain(tmp_path):
     runtime = Runtime()
     addons = make_addons(runtime)
     with taddons.context(Proxyserver(), *addons) as tctx:
-        tctx.configure(addons[0], listen_host="127.0.0.1", modelmux_config=str(path))
+        tctx.configure(addons[0], listen_host="127.0.0.1", confdir=str(tmp_path), modelmux_config=str(path))
         yield tctx, addons
 
 
@@ -213,7 +213,7 @@ async def test_pain27_client_keys_gate_every_endpoint(tmp_path):
     path.write_text(CONFIG + "security: {client_keys: [mm-key-1, mm-key-2]}\n")
     addons = make_addons(Runtime())
     with taddons.context(Proxyserver(), *addons) as tctx:
-        tctx.configure(addons[0], listen_host="127.0.0.1", modelmux_config=str(path))
+        tctx.configure(addons[0], listen_host="127.0.0.1", confdir=str(tmp_path), modelmux_config=str(path))
         for path_, method, body in [("/v1/models", "GET", b""), ("/v1/chat/completions", "POST", CHAT)]:
             f = make_flow(path=path_, method=method, body=body)  # carries the app's OpenAI key: not a modelmux key
             await run_request(addons, f)

@@ -86,7 +86,7 @@ async def test_a_reverse_listener_opens_no_connection_but_to_the_relay(tmp_path)
     addons = make_addons(runtime)
     forwarding = next(a for a in addons if isinstance(a, Forwarding))
     with taddons.context(Proxyserver(), *addons) as tctx:
-        tctx.configure(addons[0], listen_host="127.0.0.1", modelmux_config=str(path))
+        tctx.configure(addons[0], listen_host="127.0.0.1", confdir=str(tmp_path), modelmux_config=str(path))
         runtime.relay.port = 45678
         for address, refused in [(("api.openai.com", 443), True), (("127.0.0.1", 45678), False)]:
             client = tflow.tclient_conn()

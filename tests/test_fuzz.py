@@ -858,7 +858,7 @@ def chain(tmp_path_factory):
         path = tmp_path_factory.mktemp("fuzz") / "modelmux.yaml"
         path.write_text(CONFIG.format(port=fake.port, token=TOKEN))
         tctx.configure(next(a for a in addons if isinstance(a, ConfigLoader)), listen_host="127.0.0.1",
-                       modelmux_config=str(path))
+                       confdir=str(path.parent), modelmux_config=str(path))
         assert runtime.current is not None and runtime.current.config.images.allow_private_networks is False
         yield loop, addons, fake
         translate = next(a for a in addons if isinstance(a, Translate))

@@ -29,7 +29,7 @@ def chain(tmp_path):
     path.write_text(CONFIG)
     addons = make_addons(Runtime())
     with taddons.context(Proxyserver(), *addons) as tctx:
-        tctx.configure(addons[0], listen_host="127.0.0.1", modelmux_config=str(path))
+        tctx.configure(addons[0], listen_host="127.0.0.1", confdir=str(tmp_path), modelmux_config=str(path))
         yield addons
 
 

@@ -41,6 +41,9 @@ class Metrics:
         self.local_errors = Counter("modelmux_local_errors", "Requests modelmux answered itself with an error, "
                                     "never sent upstream (bad input, unknown model or path, client key)",
                                     ["status", "code"], registry=self.registry)
+        # `key`: a configured client key's name (or "anonymous"); `model`: a configured name or "other"
+        self.spend = Counter("modelmux_spend_usd", "What the answers cost at Vertex list prices (pricing.py), by "
+                             "client key and model", ["key", "model"], registry=self.registry)
         self.state_errors = Counter("modelmux_state_errors", "Failed calls to the state store (state.url), by operation",
                                     ["op"], registry=self.registry)
         self.active_streams = Gauge("modelmux_active_streams", "Streams being relayed now", registry=self.registry,

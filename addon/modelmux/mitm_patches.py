@@ -1,6 +1,6 @@
 """The three places where modelmux changes how mitmproxy itself handles a client connection, for limits that no
 mitmproxy option or hook can set (docs/security.md). Verified on mitmproxy 12.x; each patch is installed once, at
-class level, before the listeners start (`ClientLimits.load`), and does nothing until a policy is set in `HOOKS`.
+class level, before the listeners start (`ConnectionLimits.load`), and does nothing until a policy is set in `HOOKS`.
 
 1. Admission — `ServerInstance.handle_stream`, where mitmproxy turns an accepted TCP connection into a connection
    handler: past `HOOKS.gate`'s cap the socket is closed at once, before any handler, hook or log line exists

@@ -41,3 +41,40 @@ class ThinkingCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class Thinking:
+    """Thinking for tool loops, kept in this process (ThinkingCache) and in the shared store (state.thinking), so
+    a loop whose next turn reaches another worker or replica still finds the block with its signature.
+
+    `put` keeps it at once in the process and schedules the shared write; `lookup(ids)` — before a request is
+    translated — answers from the process where it can and fetches the rest from the store in one call (the store
+    unreachable: not found, thinking off for that turn, as before there was a store)."""
+
+    def __init__(self, local: ThinkingCache, shared: Any = None):
+        self.local = local
+        self.shared = shared  # state.thinking.SharedThinkingCache, or None (tests without a store)
+
+    def put(self, tool_call_id: str, blocks: list[dict[str, Any]]) -> None:
+        self.local.put(tool_call_id, blocks)
+        if self.shared is not None:
+            self.shared.put_soon(tool_call_id, blocks)
+
+    def get(self, tool_call_id: str) -> list[dict[str, Any]] | None:
+        return self.local.get(tool_call_id)
+
+    async def lookup(self, tool_call_ids: list[str]):
+        """A `thinking_for` for the translators: a lookup of these ids that needs no more I/O."""
+        found = {i: b for i in tool_call_ids if (b := self.local.get(i)) is not None}
+        missing = [i for i in tool_call_ids if i not in found]
+        if missing and self.shared is not None:
+            from .state import StateUnavailable
+
+            try:
+                found.update(await self.shared.get_many(missing))
+            except StateUnavailable:
+                pass
+        return found.get
+
+    def __len__(self) -> int:
+        return len(self.local)

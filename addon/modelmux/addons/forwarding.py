@@ -108,7 +108,7 @@ class Forwarding:
             return
         _, reason = await vet(flow.request.host, flow.request.port)
         if reason:
-            flow.response = refusal(reason)  # its body is dropped as it arrives (client_limits.py)
+            flow.response = refusal(reason)  # its body is dropped as it arrives (connection_limits.py)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server

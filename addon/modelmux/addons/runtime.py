@@ -18,7 +18,8 @@ from ..apis.responses import Archive
 from ..metrics import Metrics
 from ..sealing_keys import sealing_keys
 from ..state import Store, open_store
-from ..thinking_cache import ThinkingCache
+from ..state.thinking import SharedThinkingCache
+from ..thinking_cache import Thinking, ThinkingCache
 from ..upstream import Relay
 from ..upstream_http import UpstreamClient
 from ..vertex import Router
@@ -35,7 +36,7 @@ class Snapshot:
 class Runtime:
     def __init__(self) -> None:
         self.current: Snapshot | None = None
-        self.thinking = ThinkingCache()  # outlives config reloads: a tool loop may span one
+        self.thinking = Thinking(ThinkingCache())  # outlives config reloads: a tool loop may span one
         self.relay = Relay()  # so do the circuit breakers' memories and the upstream connections
         self.dump = DumpWriter()
         self.worker: int | None = None  # which of `modelmux run --workers N` this process is (1…N), else None
@@ -50,6 +51,7 @@ class Runtime:
         self._keys: list[bytes] | None = None
         self._keys_config: object = None
         self.archive = Archive()  # stored-response writes still in flight
+        self.exchange_ended: list[Callable[[object, object], None]] = []  # told of each (flow, Exchange) that ended
 
     def check(self, config: Config) -> None:
         """Raises ConfigError when an addon refuses `config`."""
@@ -64,6 +66,7 @@ class Runtime:
         if self.store is None or self._store_config != (config.state, self.confdir):
             old, self.store = self.store, open_store(config.state, self.confdir, on_error=self.metrics.state_error)
             self._store_config = (config.state, self.confdir)
+            self.thinking.shared = SharedThinkingCache(self.store)
             if old is not None:
                 _close_later(old)
         UpstreamClient.max_body_bytes = config.bounds.max_upstream_bytes  # the relay's client reads it per answer

@@ -302,6 +302,11 @@ class Translate:
         outcome = ex.stream_error or status
         mode = _mode(flow)
         self.runtime.metrics.observe(ex, outcome, mode)
+        for listener in self.runtime.exchange_ended:
+            try:
+                listener(flow, ex)
+            except Exception:  # accounting must never cost the client its answer
+                log.exception("modelmux: an end-of-exchange listener failed")
         line = _log_line(ex, outcome, mode)
         flow.metadata[META].update(status=outcome, attempts=line["attempts"], served_region=line["region"])
         flow.comment = (f"modelmux: {line['model']} → {line['vertex_model']} ({line['region']}) {outcome}, "

@@ -16,9 +16,9 @@ from mitmproxy import http
 
 from ..exchange import Exchange
 from ..images import fetch_images
-from ..thinking_cache import ThinkingCache
+from ..thinking_cache import Thinking
 from ..translate.errors import model_not_found
-from ..translate.request import inline_images, parse_request, to_vertex_body
+from ..translate.request import claude_tool_id, inline_images, parse_request, to_vertex_body
 from ..translate.response import AnswerShape, thinking_to_keep, to_openai_response
 from ..translate.stream import StreamTranslator
 from ..vertex import UnknownModel
@@ -30,7 +30,7 @@ PATH = "/v1/chat/completions"
 
 
 class ChatCall:
-    def __init__(self, shape: AnswerShape, thinking: ThinkingCache):
+    def __init__(self, shape: AnswerShape, thinking: Thinking):
         self.shape = shape
         self.thinking = thinking
 
@@ -54,8 +54,10 @@ async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepar
         route = snap.router.route(req.model)
     except UnknownModel:
         raise model_not_found(req.model) from None
-    vreq = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version,
-                          thinking_for=runtime.thinking.get)
+    # thinking kept for the tool loop's earlier turns, by their first tool-call id (maybe in another process)
+    turns = [claude_tool_id(m.tool_calls[0].id) for m in req.messages if m.role == "assistant" and m.tool_calls]
+    thinking_for = await runtime.thinking.lookup(turns) if turns else runtime.thinking.get
+    vreq = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version, thinking_for=thinking_for)
     if vreq.image_urls:
         inline_images(vreq.body, await fetch_images(vreq.image_urls, snap.config.images))
     shape = AnswerShape(model=req.model, created=int(time.time()), fallback_id=secrets.token_hex(12),

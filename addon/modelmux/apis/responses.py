@@ -30,7 +30,7 @@ from ..images import fetch_images
 from ..limits import unavailable_error
 from ..state import StateUnavailable, StoredResponse
 from ..translate.errors import OpenAIError, invalid_request, model_not_found
-from ..translate.request import inline_images
+from ..translate.request import claude_tool_id, inline_images
 from ..translate.responses.request import (ResponsesRequest, as_compaction, conversation_items, parse_responses_request,
                                            references, to_vertex_body)
 from ..translate.response import thinking_to_keep
@@ -50,7 +50,8 @@ LOOK_AGAIN = (0.05, 0.1, 0.2)  # seconds between looks for a previous response a
 
 class Archive:
     """The store's writes of this process that have not finished yet, by response id: a request continuing a
-    stream that just ended waits for its record instead of finding nothing."""
+    stream that just ended waits for its record instead of finding nothing. (A stream's answer has gone out when
+    its write runs: a write that fails is logged; a non-streamed answer is only sent once it is stored, else 503.)"""
 
     def __init__(self) -> None:
         self.pending: dict[str, asyncio.Task] = {}
@@ -89,7 +90,11 @@ class ResponsesCall:
         if kept := thinking_to_keep(message.get("content") or []):  # for a loop continued without reasoning
             self.runtime.thinking.put(*kept)
         if self.call.store and not self.compact:
-            await _put(self.runtime.store, self._record(answer.stored))
+            try:
+                await self.runtime.store.put_response(self._record(answer.stored))
+            except StateUnavailable as err:  # a 2xx would promise a response no one can retrieve or continue
+                log.warning("modelmux: response %s could not be stored: %s", answer.stored["id"], err)
+                raise unavailable_error() from None
         return json_response(200, compact_resource(answer) if self.compact else answer.response)
 
     def translator(self, ex: Exchange, coalesce: bool) -> ResponsesStreamTranslator:
@@ -163,9 +168,14 @@ async def translate(raw: bytes, snap: Any, runtime: Any, client: Client, *, comp
         raise model_not_found(req.model) from None
     history, resolved = await load_history(req, runtime, client.key)
     cfg = snap.config.responses
+    # thinking kept for tool calls sent back without their reasoning item (maybe kept by another process)
+    calls = [claude_tool_id(i["call_id"]) for i in [*history, *(req.input if isinstance(req.input, list) else [])]
+             if isinstance(i, dict) and i.get("type") in ("function_call", "custom_tool_call")
+             and isinstance(i.get("call_id"), str)]
+    thinking_for = await runtime.thinking.lookup(calls) if calls else runtime.thinking.get
     call = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version, key=runtime.sealing_keys,
                           history=history, resolved=resolved, web_search=cfg.web_search,
-                          drop_builtin_tools=_drops_builtin_tools(cfg, client), thinking_for=runtime.thinking.get,
+                          drop_builtin_tools=_drops_builtin_tools(cfg, client), thinking_for=thinking_for,
                           created_at=int(time.time()))
     if call.dropped_tools:
         log.info("modelmux: built-in tools Claude on Vertex cannot run were dropped from a %s request: %s "
@@ -179,6 +189,8 @@ async def translate(raw: bytes, snap: Any, runtime: Any, client: Client, *, comp
 async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepared:
     """Raises OpenAIError for anything the client must fix (or 503 when the store is needed and unreachable)."""
     req, route, call = await translate(raw, snap, runtime, client)
+    if call.store and runtime.store.known_down:  # it could not be kept: say so now, not after the answer
+        raise unavailable_error()
     return Prepared(requested_model=req.model, vertex_model=route.vertex_model, body=call.body, stream=call.stream,
                     urls=lambda stream: {region: snap.router.url(route, stream=stream, region=region)
                                          for region in snap.router.regions()},

@@ -316,11 +316,21 @@ class Store:
         except (StateUnavailable, StateTooLarge, InvalidArgument):
             raise
         except asyncio.TimeoutError:
+            await self._reset()
             self._failed(op, f"no answer within {self.settings.deadline:g} s")
         except self._errors as err:
+            await self._reset()
             self._failed(op, f"{type(err).__name__}: {err}")
         self._down_until = float("-inf")
         return result
+
+    @property
+    def known_down(self) -> bool:
+        """Whether the last call failed within `retry_seconds` (calls fail at once until then): no round trip."""
+        return self.monotonic() < self._down_until
+
+    async def _reset(self) -> None:
+        """After a failure: drop what may be broken (a backend's idle connections), so the next call starts afresh."""
 
     def _failed(self, op: str, reason: str) -> None:
         self._last_error = reason[:300]

@@ -18,6 +18,8 @@ that names it, through the `redis` package's asyncio client.
 
 from __future__ import annotations
 
+import asyncio
+
 import datetime as dt
 import hashlib
 import json
@@ -236,6 +238,13 @@ class RedisStore(Store):
 
     async def _ping(self) -> None:
         await self._client.ping()
+
+    async def _reset(self) -> None:
+        # a restarted Redis leaves every idle pooled connection dead; one retry would meet another dead one
+        try:
+            await asyncio.wait_for(self._client.connection_pool.disconnect(inuse_connections=False), 1)
+        except (asyncio.TimeoutError, *self._errors):
+            pass
 
     async def _close(self) -> None:
         await self._client.aclose()

@@ -138,7 +138,7 @@ class Deadlines:
 
 # --- the addon ------------------------------------------------------------------------------------------------
 
-class ClientLimits:
+class ConnectionLimits:
     def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.monotonic):
         self.runtime = runtime
         self.gate = mitm_patches.Gate()

@@ -1,4 +1,4 @@
-"""Bounds on client connections (addons/client_limits.py, mitm_patches.py): deadlines (pure, with a fake clock), and
+"""Bounds on client connections (addons/connection_limits.py, mitm_patches.py): deadlines (pure, with a fake clock), and
 real `modelmux run` processes attacked by real sockets — half-sent heads, stalled and trickled bodies, bodies over
 the cap, a flood past the connection cap and past the file-descriptor limit. Limits are configured small (half a
 second, five connections) so that every wait is short and bounded."""
@@ -21,7 +21,7 @@ import e2e
 import procs
 import report
 from modelmux import workers
-from modelmux.addons.client_limits import Deadlines
+from modelmux.addons.connection_limits import Deadlines
 
 LIMIT = 0.5  # timeouts.client_header_seconds and client_idle_seconds of the proxies here
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
