@@ -1,5 +1,6 @@
 """The addon's hooks, driven with mitmproxy's own test helpers (taddons / tflow)."""
 
+import inspect
 import json
 
 import pytest
@@ -55,7 +56,9 @@ def make_flow(path="/v1/chat/completions", method="POST", body=CHAT, host="api.o
 async def run_request(addons, flow):
     for a in addons:
         if hasattr(a, "request"):
-            await a.request(flow) if a.__class__ is Translate else a.request(flow)
+            result = a.request(flow)
+            if inspect.isawaitable(result):  # mitmproxy awaits async hooks too
+                await result
 
 
 async def test_streamed_request_is_rewritten_for_the_relay(chain):

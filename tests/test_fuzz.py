@@ -34,6 +34,7 @@ import asyncio
 import base64
 import copy
 import gzip
+import inspect
 import json
 import math
 import random
@@ -871,7 +872,9 @@ def chain(tmp_path_factory):
 async def run_request_hooks(addons, flow) -> None:
     for a in addons:
         if hasattr(a, "request"):
-            await a.request(flow) if isinstance(a, Translate) else a.request(flow)
+            result = a.request(flow)
+            if inspect.isawaitable(result):  # mitmproxy awaits async hooks too
+                await result
 
 
 FUZZ = settings(deadline=None, database=None, print_blob=True,

@@ -2,6 +2,7 @@
 with mitmproxy's taddons / tflow. The real-process proof (flows saved by `modelmux run`, read back) is in
 test_dump.py."""
 
+import inspect
 import json
 
 import pytest
@@ -44,7 +45,9 @@ def make_flow(path="/v1/models", method="GET", host="api.openai.com", headers=CR
 async def run_request(addons, flow):
     for a in addons:
         if hasattr(a, "request"):
-            await a.request(flow) if isinstance(a, Translate) else a.request(flow)
+            result = a.request(flow)
+            if inspect.isawaitable(result):  # mitmproxy awaits async hooks too
+                await result
 
 
 def test_redaction_is_the_last_request_hook():

@@ -480,3 +480,18 @@ def test_any_upstream_sequence_gives_a_valid_stream(events, json_mode, compactio
     out = t.feed(sse(*events)) + t.finish()
     validate_responses_sse(out)
     assert (t.done or t.failed) and t.response is not None
+
+
+def test_the_relays_keepalive_ping_keeps_the_client_waiting_visibly_and_vertexs_own_ping_does_not():
+    """Long silence from Vertex (thinking, a slow first token): the relay sends a marked ping (upstream.py), which
+    becomes a response.in_progress — an event every client parses and ignores, and which restarts Codex's 300 s
+    idle timer (an SSE comment would not). Vertex's own pings change nothing."""
+    keepalive = {"type": "ping", "modelmux_keepalive": True}
+    out, _ = run([sse(START, keepalive, *text_block(0, "hi"), keepalive, *stop())])
+    events = validate_responses_sse(out)
+    assert [e["type"] for e in events][:3] == ["response.created", "response.in_progress", "response.in_progress"]
+    assert kinds(out).count("response.in_progress") == 3
+    plain, _ = run([sse(START, {"type": "ping"}, *text_block(0, "hi"), *stop())])
+    assert kinds(plain).count("response.in_progress") == 1
+    before, _ = run([sse(keepalive)])  # a silence before Vertex's first event: the stream opens at once
+    assert kinds(before)[:2] == ["response.created", "response.in_progress"]

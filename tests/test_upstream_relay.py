@@ -104,6 +104,6 @@ def test_a_silent_stream_gets_a_ping_event_after_each_keepalive_interval():
         out = loop.run_until_complete(main())
     finally:
         loop.close()
-    ping = b'event: ping\ndata: {"type": "ping"}\n\n'
+    ping = b'event: ping\ndata: {"type": "ping", "modelmux_keepalive": true}\n\n'
     assert out == [(0, b"event: a\ndata: {}\n\n"), (15, ping), (30, ping), (35, b"event: b\n"),
                    (55, b"data: {}\n\n")]

@@ -2,8 +2,8 @@
 emulator, a real `modelmux run --workers 2` and the openai SDK over fresh connections.
 
 What is checked: both workers serve; /metrics on either worker is the sum over both; a tool loop with
-thinking whose continuation lands on the worker that did not see the first turn still succeeds (thinking
-dropped for that turn, no Vertex 400); the shared dump file stays one JSON line per exchange; a killed worker
+thinking whose continuation lands on the worker that did not see the first turn keeps its thinking (the workers
+share the embedded state store); the shared dump file stays one JSON line per exchange; a killed worker
 is replaced and its counts stay in the sums; stopping (or killing) the parent leaves no worker behind; what
 cannot be shared is refused. docs/scaling.md has the design."""
 
@@ -186,9 +186,9 @@ def test_both_workers_serve_and_metrics_are_summed(setup, monkeypatch):
 
 
 def test_tool_loop_continued_on_the_other_worker(setup):
-    """The thinking cache is per worker. The continuation of a tool loop that reaches the worker which did not
-    see the first turn has no thinking to send back: modelmux turns thinking off for that request (Vertex would
-    answer 400 to a tool loop with thinking on and the thinking missing), and the loop goes on."""
+    """The thinking of a tool loop is kept in the process and in the state store the workers share (the embedded
+    SQLite file in the confdir): the continuation that reaches the worker which did not see the first turn sends
+    the same thinking block back, and thinking stays on."""
     proxy, emu, _, _ = setup
     first_conn, first_worker = connection_to(proxy, lambda h: True)
     other_conn, other_worker = connection_to(proxy, lambda h: h["pid"] != first_worker["pid"])
@@ -210,12 +210,13 @@ def test_tool_loop_continued_on_the_other_worker(setup):
         sent = emu.last_request()["body"]
         assert sent["messages"][1]["content"][0]["type"] == "thinking" and sent["thinking"]["type"] == "enabled"
 
-        # on the other worker: no thinking to send back, so none asked for; the answer is the same
+        kept = sent["messages"][1]["content"][0]
+
+        # on the other worker: the same block, from the shared store
         elsewhere = other.chat.completions.create(messages=messages, **kw)
         assert elsewhere.choices[0].message.content == "Tool results: 18 degrees"
         sent = emu.last_request()["body"]
-        kinds = [block["type"] for block in sent["messages"][1]["content"]]
-        assert "thinking" not in sent and "thinking" not in kinds and "tool_use" in kinds
+        assert sent["messages"][1]["content"][0] == kept and sent["thinking"]["type"] == "enabled"
         assert health(proxy, first_conn)["pid"] == first_worker["pid"]
         assert health(proxy, other_conn)["pid"] == other_worker["pid"]
 

@@ -1,8 +1,8 @@
 """`modelmux demo`: the whole path on this machine, no credentials needed.
 
 Starts the emulator (with a fresh service-account key: real google-auth tokens) and `modelmux run` on free
-loopback ports, sends one non-streamed and one streamed request with the openai SDK through HTTPS_PROXY, and
-shows each step: the OpenAI request, the Vertex request, the Vertex answer (SSE events with their times) and
+loopback ports, sends a non-streamed and a streamed chat completion, a streamed Responses API request continued
+with `previous_response_id`, and an embeddings request with the openai SDK through HTTPS_PROXY, and shows each step: the OpenAI request, the Vertex request, the Vertex answer (SSE events with their times) and
 what the SDK received (chunks with their arrival times).
 """
 
@@ -133,6 +133,40 @@ def run(pace_ms: float = 60.0) -> int:
             print(f"\n  assembled text: {text!r}")
             print(f"  first chunk after {arrivals[0][0]:.1f} ms, last after {arrivals[-1][0]:.1f} ms: "
                   f"streamed as it was generated")
+
+            print(f"\n{'═' * 100}\nRESPONSES API, STREAMED (what Codex, the agents SDKs and the Vercel AI SDK call)"
+                  f"\n{'═' * 100}")
+            request = {"model": "gpt-4o", "instructions": "You are a concise assistant.",
+                       "input": "Name a river in Spain", "stream": True}
+            _section("1. The app calls https://api.openai.com/v1/responses with")
+            print(_json(request))
+            events: list[tuple[float, str]] = []
+            t0 = time.perf_counter()
+            for event in client.responses.create(**request):
+                events.append(((time.perf_counter() - t0) * 1000,
+                               json.dumps(event.model_dump(exclude_none=True), ensure_ascii=False)))
+            _show_vertex(_vertex_exchange(emulator_url))
+            _section("4. What the app received (Responses events, ms after it sent the request)")
+            for t, line in events:
+                print(_shorten(f"  {t:8.1f} ms  {line}"))
+            first = json.loads(events[-1][1])["response"]["id"]
+            follow = {"model": "gpt-4o", "previous_response_id": first, "input": "And one in Portugal?"}
+            _section("5. The next turn sends only its new input, with previous_response_id")
+            print(_json(follow))
+            answer = client.responses.create(**follow)
+            sent = _vertex_exchange(emulator_url)["body"]["messages"]
+            print(f"  modelmux rebuilt the conversation from its store: {len(sent)} messages went to Vertex "
+                  f"({', '.join(m['role'] for m in sent)})")
+            print(f"  answer: {answer.output_text!r}")
+
+            print(f"\n{'═' * 100}\nEMBEDDINGS (Vertex gemini-embedding-001)\n{'═' * 100}")
+            result = client.embeddings.create(model="text-embedding-3-small", input=["Rhine", "Danube"])
+            entry = _vertex_exchange(emulator_url)
+            _section(f"2. What modelmux sent to Vertex AI: POST {entry['path']}")
+            print(_json(entry["body"]))
+            _section("4. What the app received")
+            print(f"  {len(result.data)} vectors of {len(result.data[0].embedding)} floats "
+                  f"(asked for base64 by the SDK, decoded by it), usage {result.usage.model_dump()}")
         finally:
             if proxy is not None:
                 proxy.stop()

@@ -46,7 +46,8 @@ USER_AGENT = f"modelmux/{__version__}"
 _PASS_HEADERS = ("content-type", "content-encoding")
 _HIGH_WATER = 64 * 1024  # bytes the relay may queue for mitmproxy before it waits
 _MAX_HEAD = 64 * 1024  # the request head mitmproxy sends the relay is small; anything bigger is not ours
-_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+# a ping of the relay's own (not Vertex's), marked so the translators can tell a silence from Vertex's pings
+_PING = b'event: ping\ndata: {"type": "ping", "modelmux_keepalive": true}\n\n'
 MAX_PENDING_PLANS = 100_000  # plans mitmproxy has not fetched yet (each is one request in flight)
 
 

@@ -276,10 +276,11 @@ class ResponsesStreamTranslator:
                 elif kind == "error":
                     self._fail(from_stream_error(event), parts)
                     break
-                elif kind == "ping" and self._started:  # Vertex (or the relay, in a silence) is still there
-                    parts.append(self._snapshot_event("response.in_progress"))
-                elif kind == "ping":
-                    self._start(parts)
+                elif kind == "ping" and event.get("modelmux_keepalive"):  # the relay's, in a silence of Vertex
+                    if self._started:
+                        parts.append(self._snapshot_event("response.in_progress"))
+                    else:
+                        self._start(parts)
             except _UNREADABLE as err:
                 self._unreadable(err, parts)
                 break
