@@ -3,11 +3,13 @@ HTTPS_PROXY and reverse (base URL) mode against the emulator: openai-python (cre
 parse with a pydantic text_format, retrieve / delete / input_items, input_tokens.count, a tool loop with and
 without previous_response_id), openai-agents (an Agent with a function tool, Runner.run and run_streamed on the
 SDK's default model), LangChain `ChatOpenAI(use_responses_api=True)`, and Codex CLI end to end (`codex exec`: a
-plain answer, a shell command loop, an apply_patch loop, and its default "code mode" loop).
+plain answer, a shell command loop, an apply_patch loop, its default "code mode" loop, remote compaction, and a
+client-executed tool_search loop).
 
 Every Response body and stream event a client received is checked against ../shared/openai-openapi.yaml. The
 fake model is driven by the prompt: "You said: …" by default, `[[call:NAME {JSON}]]` makes it call tool NAME
-with exactly that input, and after tool results it answers "Tool results: …".
+with exactly that input, and after tool results it answers "Tool results: …"; asked for a summary of the
+conversation (a compaction), it answers "Summary: …".
 
 `scripts/test tests/test_clients_responses.py` runs them against modelmux (they need /v1/responses);
 `--responses-via=recorder` runs the same clients against tests/responses_recorder.py (a stand-in for OpenAI),

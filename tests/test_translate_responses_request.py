@@ -819,3 +819,13 @@ def test_codex_remote_compaction_requests():
         body["input"][-2]["content"][0]["text"],
         "<conversation_summary>\nRan the script; it printed hello.\n</conversation_summary>"]
     assert not later.compaction and later.input_items[-1]["type"] == "compaction"
+
+
+def test_tools_loaded_again_are_replaced_in_place():
+    """Each reload replaces a tool where it stands (no quadratic rebuild for a body full of repeats), and the order
+    of the tools — the head of the cached prefix — stays as it was."""
+    many = [{"type": "function", "name": f"t{i}"} for i in range(20000)]
+    items = [{"type": "additional_tools", "tools": many} for _ in range(3)] + [{"role": "user", "content": "x"}]
+    c = call({"input": items})
+    assert [t["name"] for t in c.body["tools"]] == [f"t{i}" for i in range(20000)]
+    assert error({"tools": [{"type": "tool_search", "execution": 5}], "input": "x"}).param == "tools[0].execution"

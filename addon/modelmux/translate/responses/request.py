@@ -431,6 +431,8 @@ class _Tools:
     dropped: list[str] = field(default_factory=list)
     echo: list[dict[str, Any]] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)  # Claude names, in the order they were added
+    kinds: dict[str, str] = field(default_factory=dict)  # Claude name → function | custom | tool_search
+    positions: dict[str, int] = field(default_factory=dict)  # Claude name → its index in `claude`
     # the deployment's switches, for the tools the input loads (additional_tools, tool_search_output) too
     allow_web_search: bool = False
     drop_builtin: bool = False
@@ -442,14 +444,23 @@ class _Tools:
             return claude_tool_name(name)
         return claude_tool_name(namespace + ("" if namespace.endswith("_") else "__") + name)
 
+    def put(self, entry: dict[str, Any]) -> None:
+        """Add a Claude tool; one of the same name (a tool loaded again) is replaced in place, so the tools
+        before and after it, and the cached prefix up to it, stay as they were."""
+        at = self.positions.get(entry["name"])
+        if at is None:
+            self.positions[entry["name"]] = len(self.claude)
+            self.claude.append(entry)
+        else:
+            self.claude[at] = entry
+
     def forget(self, claude: str) -> None:
-        """Remove a tool, so that a later definition of the same name (a tool loaded again) replaces it."""
-        self.claude[:] = [t for t in self.claude if t["name"] != claude]
-        self.names.pop(claude, None)
+        """Unregister a tool's name before its new definition registers it again (put() replaces the entry)."""
+        key = (self.kinds.pop(claude, ""), self.names.pop(claude, ""))
+        if self.by_client.get(key) == claude:
+            del self.by_client[key]
         self.namespaces.pop(claude, None)
         self.custom.discard(claude)
-        for key in [k for k, v in self.by_client.items() if v == claude]:
-            del self.by_client[key]
         if self.tool_search == claude:
             self.tool_search = None
 
@@ -889,12 +900,12 @@ def _add_tool(out: _Tools, tool: dict[str, Any], param: str, loaded: bool = Fals
             else:
                 raise invalid_request("A namespace holds function and custom tools only.", param=where + ".type")
         return {"description": "", **_given(tool)}
-    if kind == "tool_search" and tool.get("execution") == "client":
-        ts = _validate(_ToolSearchTool, tool, param)
+    ts = _validate(_ToolSearchTool, tool, param) if kind == "tool_search" else None
+    if ts is not None and ts.execution == "client":
         claude = _register(out, "tool_search", TOOL_SEARCH_NAME, None, param, loaded)
         out.tool_search = claude
-        out.claude.append({"name": claude, "description": ts.description or TOOL_SEARCH_DESCRIPTION,
-                           "input_schema": ts.parameters or {"type": "object", "properties": {}}})
+        out.put({"name": claude, "description": ts.description or TOOL_SEARCH_DESCRIPTION,
+                 "input_schema": ts.parameters or {"type": "object", "properties": {}}})
         return _given(tool)
     if kind in WEB_SEARCH_TYPES:
         ws = _validate(_WebSearchTool, tool, param)
@@ -935,6 +946,7 @@ def _register(out: _Tools, kind: str, name: str, ns: _NamespaceTool | None, para
             raise invalid_request(f"Duplicate tool name '{name}'.", param=param + ".name")
         out.forget(claude)
     out.registered.append(claude)
+    out.kinds[claude] = kind
     out.names[claude] = name
     if ns is not None:
         out.namespaces[claude] = ns.name
@@ -954,7 +966,7 @@ def _add_function(out: _Tools, fn: _FunctionTool, ns: _NamespaceTool | None, par
                              "input_schema": fn.parameters if fn.parameters else {"type": "object", "properties": {}}}
     if description := _describe(fn.description, ns):
         entry["description"] = description
-    out.claude.append(entry)
+    out.put(entry)
 
 
 def _add_custom(out: _Tools, tool: _CustomTool, ns: _NamespaceTool | None, param: str, replace: bool = False
@@ -972,7 +984,7 @@ def _add_custom(out: _Tools, tool: _CustomTool, ns: _NamespaceTool | None, param
     claude = _register(out, "custom", tool.name, ns, param, replace)
     out.custom.add(claude)
     description = _describe(tool.description, ns)
-    out.claude.append({
+    out.put({
         "name": claude,
         "description": ((description + "\n\n") if description else "") + f"Free-form input in `{CUSTOM_INPUT}`. "
                        + how,
@@ -996,7 +1008,7 @@ def _add_web_search(out: _Tools, ws: _WebSearchTool, max_uses: int | None, param
             entry["user_location"] = {"type": "approximate", **loc}
     if max_uses:  # max_tool_calls limits the built-in tools' calls: here, the searches
         entry["max_uses"] = max_uses
-    out.claude.append(entry)
+    out.put(entry)
     out.web_search = True
 
 
