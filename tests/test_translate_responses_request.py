@@ -679,6 +679,10 @@ def test_additional_tools_anywhere_in_the_input_and_loaded_again():
     assert c.body["tool_choice"] == {"type": "tool", "name": "look"}
     assert [i["type"] for i in c.input_items] == ["message", "additional_tools", "message", "additional_tools"]
     assert c.input_items[1]["id"].startswith("at_")
+    between = call({"input": [{"role": "user", "content": "x"}, fc("c1"), tools_item,
+                              {"type": "configuration_update", "reasoning": {"effort": "low"}}, out("c1")]})
+    assert turns(between) == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"])]
+    assert between.body["messages"][2]["content"][0].get("is_error") is None  # still the call's own output
     chained = call({"input": "next"}, history=c.input_items)  # previous_response_id: the tools still load
     assert [t["name"] for t in chained.body["tools"]] == ["look", "patch"]
     dropped = call({"input": [{"type": "additional_tools", "tools": [{"type": "web_search"}]},

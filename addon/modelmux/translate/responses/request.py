@@ -32,7 +32,10 @@ How the items become Claude turns — the non-obvious rules (docs/responses.md h
   `compaction_trigger` makes the answer a compaction: Claude summarises, no tool may be called, and the
   answer is one sealed `compaction` item;
 - custom (free-form) tools become Claude tools with one string property `input`; namespace tools are
-  flattened to `namespace__name`; every name is sanitised with claude_tool_name and restored in answers.
+  flattened to `namespace__name`; every name is sanitised with claude_tool_name and restored in answers;
+- tools may also come in the input: an `additional_tools` item (Codex's code mode lists all its tools there)
+  and a client-executed search's `tool_search_output` add Claude tools like those of `tools`, and are no turn;
+  a `configuration_update` item sets the reasoning effort / summary from its position on (the latest wins).
 """
 
 from __future__ import annotations
