@@ -11,9 +11,11 @@ upgrade attempts included. It answers:
   Its fake model follows the emulator's conventions, so a test's prompt drives it as it drives modelmux + the
   emulator: "You said: " + the last user text; a `[[call:NAME {JSON}]]` in the last user text → "I will call
   NAME." and a call of tool NAME with that input (a `function_call`, or for a `custom` tool a
-  `custom_tool_call` whose input is the JSON's "input" string); after tool outputs → "Tool results: " + the
-  outputs joined by " | "; `text.format` json_schema → a JSON value the schema accepts ("<name>-value"
-  strings); an input ending in `compaction_trigger` (Codex's remote compaction) → one `compaction` item.
+  `custom_tool_call` whose input is the JSON's "input" string, for a client-executed `tool_search` a
+  `tool_search_call` with the JSON as its arguments); after tool outputs → "Tool results: " + the outputs joined
+  by " | " (a `tool_search_output` as "loaded: " + the names of its tools); `text.format` json_schema → a JSON
+  value the schema accepts ("<name>-value" strings); an input ending in `compaction_trigger` (Codex's remote
+  compaction) → one `compaction` item.
 - `GET /v1/responses` with `Upgrade: websocket`: refused as `ws_refusal` says — "404" (JSON error), "426"
   (Upgrade Required), "405", "close" (the connection is closed without an answer) — or "accept": the handshake
   is completed and each `response.create` text frame is recorded and answered with the same events as frames.
@@ -113,7 +115,9 @@ def trailing_outputs(body: dict) -> list[str]:
         if kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output",
                     "shell_call_output", "apply_patch_call_output"):
             out.append(_parts_text(item.get("output")) if not isinstance(item.get("output"), str) else item["output"])
-        elif kind in ("function_call", "custom_tool_call", "reasoning"):
+        elif kind == "tool_search_output":  # the tools a client-executed search loaded
+            out.append("loaded: " + ", ".join(str(t.get("name")) for t in item.get("tools") or []))
+        elif kind in ("function_call", "custom_tool_call", "tool_search_call", "reasoning"):
             if out:
                 break
         else:
@@ -147,6 +151,8 @@ def tool_index(tools: list[dict]) -> dict[str, dict]:
                 entry = {**inner, "namespace": ns}
                 out[inner.get("name")] = entry
                 out[(ns if ns.endswith("__") else ns + "__") + str(inner.get("name"))] = entry
+        elif tool.get("type") == "tool_search" and tool.get("execution") == "client":
+            out["tool_search"] = tool
         elif "name" in tool:
             out[tool["name"]] = tool
     return out
@@ -212,7 +218,10 @@ def answer_items(body: dict) -> list[dict]:
             if tool is None:
                 raise ValueError(f"[[call:{name}]]: the request has no tool {name!r} (it has {sorted(tools)})")
             extra = {"namespace": tool["namespace"]} if tool.get("namespace") else {}
-            if tool.get("type") == "custom":
+            if tool.get("type") == "tool_search":
+                items.append({"id": new_id("tsc"), "type": "tool_search_call", "status": "completed",
+                              "call_id": new_id("call"), "execution": "client", "arguments": given or {}})
+            elif tool.get("type") == "custom":
                 value = given.get("input") if isinstance(given, dict) and isinstance(given.get("input"), str) \
                     else json.dumps(given)
                 items.append({"id": new_id("ctc"), "type": "custom_tool_call", "status": "completed",

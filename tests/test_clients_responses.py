@@ -3,11 +3,13 @@ HTTPS_PROXY and reverse (base URL) mode against the emulator: openai-python (cre
 parse with a pydantic text_format, retrieve / delete / input_items, input_tokens.count, a tool loop with and
 without previous_response_id), openai-agents (an Agent with a function tool, Runner.run and run_streamed on the
 SDK's default model), LangChain `ChatOpenAI(use_responses_api=True)`, and Codex CLI end to end (`codex exec`: a
-plain answer, a shell command loop, an apply_patch loop, and its default "code mode" loop).
+plain answer, a shell command loop, an apply_patch loop, its default "code mode" loop, remote compaction, and a
+client-executed tool_search loop).
 
 Every Response body and stream event a client received is checked against ../shared/openai-openapi.yaml. The
 fake model is driven by the prompt: "You said: …" by default, `[[call:NAME {JSON}]]` makes it call tool NAME
-with exactly that input, and after tool results it answers "Tool results: …".
+with exactly that input, and after tool results it answers "Tool results: …"; asked for a summary of the
+conversation (a compaction), it answers "Summary: …".
 
 `scripts/test tests/test_clients_responses.py` runs them against modelmux (they need /v1/responses);
 `--responses-via=recorder` runs the same clients against tests/responses_recorder.py (a stand-in for OpenAI),
@@ -30,6 +32,8 @@ import codex
 from e2e import CLIENT_KEY, CLIENT_KINDS_VIA_PROXY, openai_client, use_client_env
 from openapi import validate, validate_response, validate_responses_events, validate_responses_sse
 from responses_targets import call, per_response, responses_target
+
+from modelmux.translate.responses.request import COMPACTION_PROMPT
 
 pytestmark = pytest.mark.responses_api
 
@@ -260,3 +264,45 @@ def test_codex_code_mode_loop(run_codex):
     assert command["exit_code"] == 0 and command["aggregated_output"].strip() == "codex-code-mode-ok", run.explain()
     final = run.messages()[-1]
     assert final.startswith("Tool results:") and "codex-code-mode-ok" in final
+
+
+def _model_requests(target) -> list[dict]:
+    """The Claude requests modelmux made (the emulator's log), streamed or not."""
+    return [r["body"] for r in target.emulator.requests() if r["path"].endswith(("rawPredict", "streamRawPredict"))
+            and isinstance(r["body"], dict)]
+
+
+def _texts(message: dict) -> list[str]:
+    return [b["text"] for b in message["content"] if b["type"] == "text"]
+
+
+def test_codex_remote_compaction(run_codex, target):
+    """Codex compacts remotely once its token limit is reached (here right after the first tool call): a streamed
+    POST /v1/responses ending in `compaction_trigger` gets exactly one `compaction` item; the next request sends
+    it after the user's message, where it expands into the summary. The tool ran once and the turn ends."""
+    if target.via != "modelmux":
+        pytest.skip("the emulator's request log is modelmux's")
+    target.emulator.clear()
+    script = 'text("codex-compact-ok");'
+    run = run_codex("Compact it: " + call("functions__exec", {"input": script}),
+                    config={"model_auto_compact_token_limit": "1000"})
+    final = run.messages()[-1]
+    assert final.startswith("You said:") and "codex-compact-ok" in final and "Summary: " in final, run.explain()
+    calls, compaction, after = _model_requests(target)  # no second call of the tool: the loop ended
+    assert compaction["tool_choice"] == {"type": "none"} and "thinking" not in compaction
+    assert _texts(compaction["messages"][-1])[-1] == COMPACTION_PROMPT
+    assert [b["type"] for b in compaction["messages"][-1]["content"]][0] == "tool_result"
+    summary = _texts(after["messages"][-1])[-1]  # the compaction item, after the user's kept message
+    assert summary.startswith("<conversation_summary>\nSummary: ") and "codex-compact-ok" in summary
+    assert all(b["type"] != "tool_use" for m in after["messages"] for b in m["content"])  # history replaced
+
+
+def test_codex_tool_search_round_trip(run_codex, target):
+    """Codex's classic tool set has a client-executed `tool_search`: the call reaches Codex as a
+    `tool_search_call` it runs, and its `tool_search_output` comes back as the tool result."""
+    run = run_codex("Find tools: " + call("tool_search", {"query": "calendar", "limit": 2}),
+                    model=codex.CLASSIC_MODEL)
+    final = run.messages()[-1]
+    assert final.startswith("Tool results:"), run.explain()
+    if target.via == "modelmux":  # the result Claude reads names what the search loaded
+        assert "No tools matched" in final or "callable now" in final, run.explain()

@@ -775,6 +775,41 @@ def test_call_trigger_loop_ends_after_the_tool_result(client, emu, token):
     assert third["content"][-1]["input"] == {"command": ["ls"]}
 
 
+def test_call_trigger_only_in_the_latest_user_text(client, emu, token):
+    """After a compaction the client keeps the user's message and a summary follows it in the same turn: the
+    trigger (and the tool it names) is no longer in the latest text, so the call is not made again."""
+    ask = 'run it [[call:shell {"command": ["echo", "hi"]}]]'
+    kept = body(tools=[SHELL], messages=[user([{"type": "text", "text": ask},
+                                               {"type": "text", "text": "Summary: the command ran."}])])
+    answer = call(client, emu, kept, token).json()
+    assert answer["content"] == [{"type": "text", "text": f"You said: {ask} Summary: the command ran."}]
+    named = body(tools=[SHELL], messages=[user([{"type": "text", "text": "use shell"},
+                                                {"type": "text", "text": "then stop"}])])
+    assert call(client, emu, named, token).json()["stop_reason"] == "end_turn"
+    latest = body(tools=[SHELL], messages=[user([{"type": "text", "text": "context"}, {"type": "text", "text": ask}])])
+    assert call(client, emu, latest, token).json()["content"][-1]["input"] == {"command": ["echo", "hi"]}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_a_request_to_summarise_the_conversation_gets_a_summary(client, emu, token, stream):
+    """A client compacting its history asks for a summary of the conversation (under tool_choice none, with its
+    tools still listed): the fake model answers one, with the tool results and no trigger left in it."""
+    ask = user('run it [[call:shell {"command": ["echo", "hi"]}]]')
+    first = call(client, emu, body(tools=[SHELL], messages=[ask]), token).json()
+    use = first["content"][-1]
+    history = [ask, {"role": "assistant", "content": first["content"]},
+               user([{"type": "tool_result", "tool_use_id": use["id"], "content": "hi [[call:shell]]"},
+                     {"type": "text", "text": "Write a summary of the conversation above."}])]
+    answer = _answer(client, emu, token, body(tools=[SHELL], tool_choice={"type": "none"}, messages=history), stream)
+    assert answer["content"] == [{"type": "text", "text": "Summary: 1 user message(s), 1 tool call(s); tool results: "
+                                                          "hi [call:shell]]."}]
+    assert answer["stop_reason"] == "end_turn"
+    plain = call(client, emu, body(messages=[user("Summarize this conversation, please.")]), token).json()
+    assert plain["content"][0]["text"] == "Summary: 0 user message(s), 0 tool call(s)."
+    other = call(client, emu, body(messages=[user("a summary of the news")]), token).json()
+    assert other["content"][0]["text"].startswith("You said:")
+
+
 def test_call_trigger_in_a_tool_result_is_data(client, emu, token):
     loop = _loop(("go", [SHELL]))
     loop[-1]["content"][0]["content"] = '[[call:shell {"command": ["again"]}]]'

@@ -1,4 +1,6 @@
+import copy
 import json
+from pathlib import Path
 
 import pytest
 from openapi import validate
@@ -616,3 +618,218 @@ def test_web_search_call_items_are_kept_for_the_record_only():
                          "action": {"type": "search", "query": "x"}},
                         {"role": "assistant", "content": "found"}]})
     assert turns(c) == [("user", ["text"]), ("assistant", ["text"])] and c.input_items[1]["id"] == "ws_1"
+
+
+# --- what Codex sends (tests/data/codex_requests.json: bodies Codex 0.171 sent, recorded) --------------------
+
+CODEX = json.loads((Path(__file__).parent / "data" / "codex_requests.json").read_text())
+PASSTHROUGH = "internal_chat_message_metadata_passthrough"
+EXEC_SCRIPT = 'const r = await tools.exec_command({cmd: "echo hi"});\ntext(r.output);'
+
+
+def codex_call(name, **kw):
+    body = copy.deepcopy(CODEX[name])
+    return call({k: v for k, v in body.items() if k != "model"}, **kw)
+
+
+def test_codex_code_mode_additional_tools_are_claude_tools_and_add_no_turn():
+    """Codex's default model lists its tools in an `additional_tools` item (no `tools` field): the namespaces'
+    function and custom tools become Claude tools, flattened; the item changes no turn and is stored."""
+    body = CODEX["code_mode_tool_loop"]
+    assert "tools" not in body and body["input"][0]["type"] == "additional_tools"
+    c = codex_call("code_mode_tool_loop")
+    names = [t["name"] for t in c.body["tools"]]
+    assert names[:3] == ["functions__exec", "functions__wait", "functions__request_user_input"]
+    assert {"clock__sleep", "collaboration__spawn_agent"} <= set(names)
+    exec_tool = c.body["tools"][0]
+    assert exec_tool["input_schema"]["required"] == ["input"] and "lark grammar" in exec_tool["description"]
+    assert c.shape.custom_tools == frozenset({"functions__exec"})
+    assert c.shape.namespaces["functions__exec"] == "functions"
+    # the leading developer messages are still the system prompt: the item before them adds nothing
+    assert c.body["system"][0]["text"].startswith("You are Codex")
+    assert "<developer>" not in json.dumps(c.body["messages"])
+    assert turns(c) == [("user", ["text", "text"]), ("assistant", ["text", "tool_use"]), ("user", ["tool_result"])]
+    use = c.body["messages"][1]["content"][1]
+    assert (use["name"], set(use["input"])) == ("functions__exec", {"input"})
+    # custom_tool_call_output's output is an array of input_text parts: text blocks of the result
+    result = c.body["messages"][2]["content"][0]
+    assert [b["type"] for b in result["content"]] == ["text", "text"]
+    assert PASSTHROUGH not in json.dumps(c.body)  # unknown item fields are accepted, never sent to Claude
+    stored = c.input_items[0]
+    assert stored["type"] == "additional_tools" and stored["id"] == body["input"][0]["id"]
+    assert stored["tools"] == body["input"][0]["tools"] and c.shape.echo["tools"] == []  # not in `tools`
+    answer = to_response({"content": [{"type": "tool_use", "id": "toolu_X", "name": "functions__exec",
+                                       "input": {"input": EXEC_SCRIPT}}], "stop_reason": "tool_use"}, c.shape)
+    [item] = answer.response["output"]
+    assert (item["type"], item["name"], item["namespace"], item["input"]) == (
+        "custom_tool_call", "exec", "functions", EXEC_SCRIPT)
+    validate(answer.response, "Response")
+
+
+def test_additional_tools_anywhere_in_the_input_and_loaded_again():
+    tools_item = {"type": "additional_tools", "role": "developer",
+                  "tools": [{"type": "function", "name": "look", "description": "v1"}]}
+    again = {**tools_item, "tools": [{"type": "function", "name": "look", "description": "v2"},
+                                     {"type": "custom", "name": "patch"}]}
+    c = call({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "look"},
+              "input": [{"role": "user", "content": "a"}, tools_item, {"role": "user", "content": "b"}, again]})
+    assert turns(c) == [("user", ["text", "text"])]  # the items split no turn
+    assert [(t["name"], t.get("description")) for t in c.body["tools"]][:2] == [("f", None), ("look", "v2")]
+    assert [t["name"] for t in c.body["tools"]] == ["f", "look", "patch"]  # the later definition replaces
+    assert c.body["tool_choice"] == {"type": "tool", "name": "look"}
+    assert [i["type"] for i in c.input_items] == ["message", "additional_tools", "message", "additional_tools"]
+    assert c.input_items[1]["id"].startswith("at_")
+    between = call({"input": [{"role": "user", "content": "x"}, fc("c1"), tools_item,
+                              {"type": "configuration_update", "reasoning": {"effort": "low"}}, out("c1")]})
+    assert turns(between) == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"])]
+    assert between.body["messages"][2]["content"][0].get("is_error") is None  # still the call's own output
+    chained = call({"input": "next"}, history=c.input_items)  # previous_response_id: the tools still load
+    assert [t["name"] for t in chained.body["tools"]] == ["look", "patch"]
+    dropped = call({"input": [{"type": "additional_tools", "tools": [{"type": "web_search"}]},
+                              {"role": "user", "content": "x"}]}, drop_builtin_tools=True)
+    assert "tools" not in dropped.body and dropped.dropped_tools == ["web_search"]
+
+
+@pytest.mark.parametrize("item, param", [
+    ({"type": "additional_tools", "tools": "exec"}, "input[0].tools"),
+    ({"type": "additional_tools"}, "input[0].tools"),
+    ({"type": "additional_tools", "tools": [{"type": "function"}]}, "input[0].tools[0].name"),
+    ({"type": "additional_tools", "tools": [{"type": "warp_drive"}]}, "input[0].tools[0].type"),
+    ({"type": "additional_tools", "tools": [{"type": "file_search"}]}, "input[0].tools[0].type"),
+    ({"type": "additional_tools", "role": 7, "tools": []}, "input[0].role"),
+    ({"type": "configuration_update", "reasoning": {"effort": "huge"}}, "input[0].reasoning.effort"),
+    ({"type": "configuration_update", "reasoning": "low"}, "input[0].reasoning"),
+    ({"type": "tool_search_call", "call_id": "c", "execution": "client", "arguments": "{}"}, "input[0].arguments"),
+    ({"type": "tool_search_call", "execution": "client", "arguments": {}}, "input[0].call_id"),
+    ({"type": "tool_search_call", "call_id": "c", "execution": "server", "arguments": {}}, "input[0].execution"),
+    ({"type": "tool_search_output", "call_id": "c", "execution": "client", "tools": {}}, "input[0].tools"),
+    ({"type": "tool_search_output", "call_id": "nope", "execution": "client", "tools": []}, "input[0].call_id"),
+])
+def test_bad_codex_items_are_a_400_naming_the_parameter(item, param):
+    assert error({"input": [item, {"role": "user", "content": "x"}]}).param == param
+
+
+def test_configuration_update_sets_the_reasoning_from_its_position_on():
+    """Codex's shape: `{"type": "configuration_update", "reasoning": {"effort": "low"}}` last in the input. It
+    overrides the request's `reasoning` (which Codex leaves alone to keep the cache) until another one does."""
+    update = {"type": "configuration_update", "reasoning": {"effort": "low"}}
+    c = call({"reasoning": {"effort": "high"}, "input": [{"role": "user", "content": "think"}, update]})
+    assert c.body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert c.shape.echo["reasoning"]["effort"] == "low" and c.input_items[-1] == update
+    assert turns(c) == [("user", ["text"])]
+    later = call({"input": [update, {"role": "user", "content": "x"},
+                            {"type": "configuration_update", "reasoning": {"effort": "none"}, "verbosity": "high"}]})
+    assert "thinking" not in later.body  # the latest one wins; fields modelmux does not map change nothing
+    chained = call({"input": "x"}, history=c.input_items)  # in force in the stored conversation too
+    assert chained.body["thinking"]["budget_tokens"] == 2048
+    summary = call({"input": [{"role": "user", "content": "x"},
+                              {"type": "configuration_update", "reasoning": {"summary": "auto"}}]})
+    assert summary.shape.summary and "thinking" not in summary.body
+    empty = call({"reasoning": {"effort": "medium"}, "input": [{"role": "user", "content": "x"},
+                                                               {"type": "configuration_update"}]})
+    assert empty.body["thinking"]["budget_tokens"] == 8192
+
+
+def test_codex_item_fields_outside_the_spec_are_accepted_and_wrong_types_are_not():
+    """Every Codex item carries internal_chat_message_metadata_passthrough; replayed assistant messages carry id,
+    status, annotations, logprobs; calls carry namespace, outputs an array of input_text parts."""
+    meta = {PASSTHROUGH: {"turn_id": "t1", "create_time": 1796236070.78}}
+    items = [{"type": "message", "id": "msg_1", "role": "user", "content": [{"type": "input_text", "text": "go"}],
+              **meta},
+             {"type": "message", "status": "completed", "id": "msg_2", "role": "assistant", "phase": "partial_answer",
+              "content": [{"type": "output_text", "text": "I will call exec.", "annotations": [], "logprobs": []}],
+              **meta},
+             {"type": "custom_tool_call", "id": "ctc_1", "status": "completed", "call_id": "call_1", "name": "exec",
+              "namespace": "functions", "input": "text(1)", **meta},
+             {"type": "custom_tool_call_output", "id": "ctco_1", "call_id": "call_1", "name": "exec",
+              "output": [{"type": "input_text", "text": "Script completed"}], **meta},
+             {"type": "function_call", "call_id": "call_2", "name": "wait", "namespace": "functions",
+              "arguments": "{}", "encrypted_function_args": ["x"], **meta},
+             {"type": "function_call_output", "call_id": "call_2", "output": "done", "namespace": "functions", **meta}]
+    c = call({"input": items})
+    assert turns(c) == [("user", ["text"]), ("assistant", ["text", "tool_use"]), ("user", ["tool_result"]),
+                        ("assistant", ["tool_use"]), ("user", ["tool_result"])]
+    assert [c.body["messages"][i]["content"][-1]["name"] for i in (1, 3)] == ["functions__exec", "functions__wait"]
+    assert PASSTHROUGH not in json.dumps(c.body) and "encrypted_function_args" not in json.dumps(c.body)
+    assert c.input_items[1]["phase"] == "partial_answer"
+    for j, key, value in [(2, "namespace", 5), (1, "phase", 3), (3, "output", 5), (0, "id", 1),
+                          (4, "arguments", {}), (1, "status", True)]:
+        bad = copy.deepcopy(items)
+        bad[j][key] = value
+        assert error({"input": bad}).param == f"input[{j}].{key}"
+
+
+def test_client_tool_search_is_a_tool_its_calls_and_outputs_round_trip():
+    """Codex's classic tool set: `{"type": "tool_search", "execution": "client", …}`; the model's call reaches
+    Codex as a tool_search_call it runs; its tool_search_output loads tools, callable from then on."""
+    c = codex_call("classic_model", drop_builtin_tools=True)
+    search = next(t for t in CODEX["classic_model"]["tools"] if t["type"] == "tool_search")
+    assert c.body["tools"][-1] == {"name": "tool_search", "description": search["description"],
+                                   "input_schema": search["parameters"]}
+    assert c.dropped_tools == ["web_search"] and c.shape.tool_search == "tool_search"
+    assert error(copy.deepcopy({k: v for k, v in CODEX["classic_model"].items() if k != "model"})).param == \
+        f"tools[{len(CODEX['classic_model']['tools']) - 1}].type"  # web_search without the drop switch
+    answer = to_response({"content": [{"type": "tool_use", "id": "toolu_S", "name": "tool_search",
+                                       "input": {"query": "calendar", "limit": 2}}], "stop_reason": "tool_use"},
+                         c.shape).response
+    [item] = answer["output"]
+    assert item["type"] == "tool_search_call" and item["id"].startswith("tsc_")
+    assert (item["call_id"], item["execution"], item["arguments"]) == ("toolu_S", "client",
+                                                                      {"query": "calendar", "limit": 2})
+    validate(answer, "Response")
+    loaded = {"type": "namespace", "name": "mcp__cal__", "description": "Calendar",
+              "tools": [{"type": "function", "name": "create", "defer_loading": True,
+                         "parameters": {"type": "object", "properties": {"title": {"type": "string"}}}}]}
+    loop = call({"tools": [search], "input": [
+        {"role": "user", "content": "book it"},
+        {"type": "tool_search_call", "call_id": "toolu_S", "execution": "client", "status": "completed",
+         "arguments": {"query": "calendar"}},
+        {"type": "tool_search_output", "call_id": "toolu_S", "execution": "client", "status": "completed",
+         "tools": [loaded]},
+        fc("call_c", name="create", namespace="mcp__cal__", args='{"title": "x"}'), out("call_c")]})
+    assert [t["name"] for t in loop.body["tools"]] == ["tool_search", "mcp__cal__create"]
+    assert turns(loop) == [("user", ["text"]), ("assistant", ["tool_use"]), ("user", ["tool_result"]),
+                           ("assistant", ["tool_use"]), ("user", ["tool_result"])]
+    use, result = loop.body["messages"][1]["content"][0], loop.body["messages"][2]["content"][0]
+    assert use == {"type": "tool_use", "id": "toolu_S", "name": "tool_search", "input": {"query": "calendar"}}
+    assert result == {"type": "tool_result", "tool_use_id": "toolu_S",
+                      "content": "Loaded 1 tool(s), callable now: mcp__cal__create."}
+    assert [i["type"] for i in loop.input_items][1:3] == ["tool_search_call", "tool_search_output"]
+    assert loop.input_items[1]["id"].startswith("tsc_") and loop.input_items[2]["id"].startswith("tso_")
+    none = call({"tools": [search], "input": [
+        {"role": "user", "content": "x"}, {"type": "tool_search_call", "call_id": "s", "execution": "client",
+                                           "arguments": {}},
+        {"type": "tool_search_output", "call_id": "s", "execution": "client", "tools": []}]})
+    assert none.body["messages"][-1]["content"][0]["content"] == "No tools matched the search."
+    hosted = error({"tools": [{"type": "tool_search"}], "input": "x"})
+    assert hosted.param == "tools[0].type" and "built-in" in hosted.message
+    assert call({"tools": [{"type": "tool_search"}], "input": "x"}, drop_builtin_tools=True).dropped_tools == [
+        "tool_search"]
+
+
+def test_codex_remote_compaction_requests():
+    """The compaction request ends in compaction_trigger; the next one sends the compaction item last, after the
+    user's message (Codex keeps its recent user messages beside the summary)."""
+    c = codex_call("compaction_trigger")
+    assert c.compaction and c.stream and c.body["tool_choice"] == {"type": "none"}
+    assert c.body["messages"][-1]["content"][-1]["text"] == COMPACTION_PROMPT
+    assert "functions__exec" in [t["name"] for t in c.body["tools"]]  # the tools stay: the cached prefix does
+    body = copy.deepcopy(CODEX["after_compaction"])
+    assert body["input"][-1]["type"] == "compaction"
+    body["input"][-1]["encrypted_content"] = seal_summary("Ran the script; it printed hello.", KEY)
+    later = call({k: v for k, v in body.items() if k != "model"})
+    last = later.body["messages"][-1]["content"]
+    assert [b["text"] for b in last][-2:] == [
+        body["input"][-2]["content"][0]["text"],
+        "<conversation_summary>\nRan the script; it printed hello.\n</conversation_summary>"]
+    assert not later.compaction and later.input_items[-1]["type"] == "compaction"
+
+
+def test_tools_loaded_again_are_replaced_in_place():
+    """Each reload replaces a tool where it stands (no quadratic rebuild for a body full of repeats), and the order
+    of the tools — the head of the cached prefix — stays as it was."""
+    many = [{"type": "function", "name": f"t{i}"} for i in range(20000)]
+    items = [{"type": "additional_tools", "tools": many} for _ in range(3)] + [{"role": "user", "content": "x"}]
+    c = call({"input": items})
+    assert [t["name"] for t in c.body["tools"]] == [f"t{i}" for i in range(20000)]
+    assert error({"tools": [{"type": "tool_search", "execution": 5}], "input": "x"}).param == "tools[0].execution"

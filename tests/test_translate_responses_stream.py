@@ -45,7 +45,7 @@ def kinds(raw, collapse=True):
     return out
 
 
-_RANDOM = re.compile(r"\b(msg|fc|rs|ctc|ws|cmp)_[0-9a-f]{50}\b|modelmux:[A-Za-z0-9_-]+")
+_RANDOM = re.compile(r"\b(msg|fc|rs|ctc|tsc|ws|cmp)_[0-9a-f]{50}\b|modelmux:[A-Za-z0-9_-]+")
 
 
 def normalized(text):
@@ -106,7 +106,7 @@ def test_a_whole_stream_is_valid_and_ordered_as_openai_streams_it():
     out, t = run([RAW], **RICH_SHAPE)
     events = validate_responses_sse(out)
     assert kinds(out) == [
-        "response.created", "response.in_progress",
+        "response.created", "response.in_progress", "response.in_progress",  # the ping: Vertex is still there
         "response.output_item.added", "response.reasoning_summary_part.added", "response.reasoning_summary_text.delta",
         "response.reasoning_summary_text.done", "response.reasoning_summary_part.done", "response.output_item.done",
         "response.output_item.added", "response.content_part.added", "response.output_text.delta",
@@ -212,6 +212,9 @@ MESSAGES = [
                   "content": [{"type": "web_search_result", "url": "https://a.example/", "title": "A"}]},
                  {"type": "text", "text": "Found."}], "stop_reason": "end_turn"},
     {"content": [], "stop_reason": "end_turn"},
+    {"content": [{"type": "text", "text": "Searching."},
+                 {"type": "tool_use", "id": "toolu_S", "name": "tool_search", "input": {"query": "cal", "limit": 2}}],
+     "stop_reason": "tool_use"},
 ]
 
 
@@ -220,7 +223,8 @@ MESSAGES = [
 def test_the_stream_ends_with_the_response_the_non_streamed_path_builds(msg, include):
     msg = {"id": "msg_vrtx_9", "type": "message", "role": "assistant", "model": "claude", "stop_sequence": None,
            "usage": {"input_tokens": 3, "output_tokens": 5}, **msg}
-    kw = dict(include_encrypted=include, include_sources=True, custom_tools=frozenset({"apply_patch"}))
+    kw = dict(include_encrypted=include, include_sources=True, custom_tools=frozenset({"apply_patch"}),
+              tool_search="tool_search")
     out, t = run([message_as_events(msg)], **kw)
     validate_responses_sse(out)
     answer = to_response(msg, shape(**kw))
@@ -370,6 +374,25 @@ def test_compaction_mode_streams_one_sealed_compaction_item():
     assert not any(e["type"] == "response.output_text.delta" for e in events)
 
 
+def test_a_client_tool_search_streams_as_one_tool_search_call_with_object_arguments():
+    """Codex runs the search itself and reads the call from output_item.done; the spec has no delta events for
+    it, so the arguments arrive whole (an object, not JSON text)."""
+    out, t = run([sse(START, *tool_block(0, "tool_search", "toolu_S", '{"que', 'ry": "calendar", ', '"limit": 2}'),
+                      *stop("tool_use"))], tool_search="tool_search")
+    events = validate_responses_sse(out)
+    assert kinds(out) == ["response.created", "response.in_progress", "response.output_item.added",
+                          "response.output_item.done", "response.completed"]
+    added, done = events[2]["item"], events[3]["item"]
+    assert added["type"] == done["type"] == "tool_search_call" and added["id"] == done["id"]
+    assert added["id"].startswith("tsc_") and added["status"] == "in_progress" and added["arguments"] == {}
+    assert done == {"id": added["id"], "type": "tool_search_call", "status": "completed", "call_id": "toolu_S",
+                    "execution": "client", "arguments": {"query": "calendar", "limit": 2}}
+    assert t.response["output"] == [done]
+    cut, _ = run([sse(START, *tool_block(0, "tool_search", "toolu_S", '{"que')[:2])], tool_search="tool_search")
+    failed = validate_responses_sse(cut)
+    assert failed[-1]["type"] == "response.failed" and failed[-1]["response"]["output"][0]["arguments"] == {}
+
+
 # --- the custom tool input decoder ----------------------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)
@@ -452,6 +475,7 @@ BLOCK_STARTS = [{"type": "text", "text": ""}, {"type": "text", "text": "pre"},
                 {"type": "tool_use", "id": "toolu_F", "name": "f", "input": {}},
                 {"type": "tool_use", "id": "toolu_P", "name": "apply_patch", "input": {}},
                 {"type": "tool_use", "id": "toolu_J", "name": "json_response", "input": {}},
+                {"type": "tool_use", "id": "toolu_S", "name": "tool_search", "input": {}},
                 {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}},
                 {"type": "web_search_tool_result", "tool_use_id": "srv_1", "content": []},
                 {"type": "mcp_tool_use", "id": "m"}]
@@ -475,6 +499,7 @@ UPSTREAM_EVENT = st.one_of(
 @given(st.lists(UPSTREAM_EVENT, max_size=25), st.booleans(), st.booleans(), st.booleans())
 def test_any_upstream_sequence_gives_a_valid_stream(events, json_mode, compaction, coalesce):
     t = ResponsesStreamTranslator(shape(custom_tools=frozenset({"apply_patch"}), include_sources=True,
+                                        tool_search="tool_search",
                                         json_tool="json_response" if json_mode else None, compaction=compaction),
                                   coalesce=coalesce)
     out = t.feed(sse(*events)) + t.finish()

@@ -29,5 +29,12 @@ def own_texts(content: str | list) -> list[str]:
     return [b["text"] for b in blocks(content) if b["type"] == "text"]
 
 
+def latest_text(content: str | list) -> str:
+    """The last text block the turn's author wrote: what the user says now. The blocks before it in the same turn
+    came before it — context, the messages a client keeps beside a conversation summary, the summary's source."""
+    own = own_texts(content)
+    return own[-1] if own else ""
+
+
 def last_user(body: dict) -> dict:
     return next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": []})

@@ -4,11 +4,15 @@ Anthropic's SSE events; input-token counting and a prompt cache for `usage`.
 What it answers (the switches a test writes to change it: triggers.Triggers):
 
 - "You said: " plus the last user turn's text, one output token per whitespace-separated word.
+- A summary, when the latest user text (the last text block of the last user turn) asks for a summary of the
+  conversation (it says "summary" / "summarise" / "summarize" and "conversation"), as a client compacting its
+  history does: "Summary: N user message(s), M tool call(s); tool results: …" (what the tools returned; every
+  `[[` written `[`, so no trigger survives into the summary, and it names no tool).
 - Tool calls, when the request has tools and tool_choice is not `none`:
-  - `[[call:NAME …]]` triggers in the last user text: exactly those calls;
-  - `auto` (or no tool_choice): the tools the last user text names, in the order it names them, announced by a
-    text block "I will call a, b."; none named: a text answer;
-  - `any`: one call, to the first tool the last user text names, else the first tool;
+  - `[[call:NAME …]]` triggers in the latest user text: exactly those calls;
+  - `auto` (or no tool_choice): the tools the latest user text names, in the order it names them, announced by
+    a text block "I will call a, b."; none named: a text answer;
+  - `any`: one call, to the first tool the latest user text names, else the first tool;
   - `tool`: one call, to that tool;
   - disable_parallel_tool_use: only the first of them.
   Inputs not dictated by a trigger are made from the tool's input_schema (schema_values.py).
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .claude_models import first_party_id
-from .messages import blocks, last_user, own_texts, texts
+from .messages import blocks, last_user, latest_text, own_texts, texts
 from .rules import sign_thinking
 from .schema_values import value_for_schema
 from .triggers import STREAM_ERRORS, Call, Triggers, find_calls, find_triggers
@@ -70,7 +74,7 @@ def tool_use_id(message_id: str, index: int) -> str:
 
 def tools_to_call(body: dict, said: str, after_results: bool = False) -> tuple[list[dict], bool]:
     """(the tools the fake model calls, whether it announces them first), by tool_choice (see the module's
-    docstring); `after_results`: the last user turn holds tool results."""
+    docstring); `said`: the latest user text; `after_results`: the last user turn holds tool results."""
     tools = body.get("tools", [])
     choice = body.get("tool_choice", {"type": "auto"})
     if not tools or choice["type"] == "none" or (after_results and choice["type"] == "auto"):
@@ -128,12 +132,33 @@ def _calls_reply(body: dict, calls: list[Call], message_id: str, head: list[dict
     return Reply(head + uses, "tool_use")
 
 
+SUMMARY_ASKED = re.compile(r"(?is)(?=.*\bsummar(?:y|ies|ise|ize)\b)(?=.*\bconversation\b)")
+
+
+def summary(body: dict) -> str:
+    """The fake model's summary of the conversation before the latest user text (see the module's docstring)."""
+    user_texts = calls = 0
+    results: list[str] = []
+    for message in body["messages"]:
+        for block in blocks(message["content"]):
+            if block["type"] == "text" and message["role"] == "user":
+                user_texts += 1
+            elif block["type"] == "tool_use":
+                calls += 1
+            elif block["type"] == "tool_result":
+                results.append(_result_text(block))
+    text = f"Summary: {user_texts - 1} user message(s), {calls} tool call(s)"  # less the request to summarise
+    return (text + (f"; tool results: {' | '.join(results)}" if results else "") + ".").replace("[[", "[")
+
+
 def compose_reply(body: dict, secret: bytes, message_id: str) -> Reply:
-    """What the fake model answers (see the module's docstring): an optional thinking block, then a refusal, the
-    calls triggers dictate, the tool results it got (or, under a forced tool_choice, another call), tool calls
-    for the tools named in the last user text, or "You said: <that text>"."""
+    """What the fake model answers (see the module's docstring): an optional thinking block, then a refusal, a
+    summary when asked for one, the calls triggers dictate, the tool results it got (or, under a forced
+    tool_choice, another call), tool calls for the tools named in the latest user text, or "You said: <the last
+    user turn's text>"."""
     content = last_user(body)["content"]
     said = " ".join(own_texts(content))
+    latest = latest_text(content)
     results = [b for b in blocks(content) if b["type"] == "tool_result"]
     triggers = find_triggers(body)
     calls = find_calls(body)
@@ -145,9 +170,11 @@ def compose_reply(body: dict, secret: bytes, message_id: str) -> Reply:
     finish = "pause_turn" if triggers.pause else "end_turn"
     if triggers.refusal:
         return Reply(head + [{"type": "text", "text": REFUSAL_TEXT + tail}], "refusal")
+    if SUMMARY_ASKED.match(latest):
+        return Reply(head + [{"type": "text", "text": summary(body) + tail}], finish)
     if calls and not triggers.pause:
         return _calls_reply(body, calls, message_id, head, tail)
-    tools, announce = ([], False) if triggers.pause else tools_to_call(body, said, after_results=bool(results))
+    tools, announce = ([], False) if triggers.pause else tools_to_call(body, latest, after_results=bool(results))
     if results and not tools:
         text = "Tool results: " + " | ".join(_result_text(r) for r in results)
         return Reply(head + [{"type": "text", "text": text + tail}], finish)

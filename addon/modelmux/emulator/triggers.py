@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import HttpError, anthropic_error, google_error
-from .messages import last_user, own_texts, texts
+from .messages import last_user, latest_text, texts
 
 STREAM_ERRORS = {"overloaded": (529, "overloaded_error", "Overloaded"),
                  "api": (500, "api_error", "Internal server error")}
@@ -35,9 +35,10 @@ class Triggers:
     - `[[status:N]]`, 400 ≤ N ≤ 599: that Google error instead of an answer (a 429 comes wrapped in an array and
       without retry-after, as Vertex's do). Token counting and embeddings obey it too (in any instance's content).
 
-    In the last user turn's own text blocks only — not in its tool results, so that a tool echoing the trigger does
-    not repeat the call, and a loop ends: the turn after the tool results carries no trigger, and the model answers
-    "Tool results: …":
+    In the latest user text only (the last text block of the last user turn: not its tool results, not the text
+    blocks before it), so that a tool echoing the trigger does not repeat the call, and a loop ends: the turn after
+    the tool results carries no text, and the model answers "Tool results: …"; after a compaction the user's
+    message stays but a summary follows it, and the call is not made again:
 
     - `[[call:NAME]]`: call tool NAME, with an input made from its input_schema.
     - `[[call:NAME {JSON}]]`: call tool NAME with exactly this input, a JSON object, not checked against the
@@ -102,9 +103,9 @@ def injected_status(status: int) -> HttpError:
 
 
 def find_calls(body: dict) -> list[Call]:
-    """The `[[call:…]]` triggers of the last user turn's own text, checked against the request's tools and
-    tool_choice; TriggerError for one that cannot be honoured."""
-    calls = [call for text in own_texts(last_user(body)["content"]) for call in parse_calls(text)]
+    """The `[[call:…]]` triggers of the latest user text, checked against the request's tools and tool_choice;
+    TriggerError for one that cannot be honoured."""
+    calls = parse_calls(latest_text(last_user(body)["content"]))
     if not calls:
         return []
     names = [tool["name"] for tool in body.get("tools", [])]

@@ -17,6 +17,9 @@ CUSTOM_TOOL_CALL = "ctc"
 CUSTOM_TOOL_CALL_OUTPUT = "ctco"
 WEB_SEARCH_CALL = "ws"
 COMPACTION = "cmp"
+TOOL_SEARCH_CALL = "tsc"
+TOOL_SEARCH_OUTPUT = "tso"
+ADDITIONAL_TOOLS = "at"
 
 
 def new_id(prefix: str) -> str:

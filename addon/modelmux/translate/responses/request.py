@@ -32,7 +32,10 @@ How the items become Claude turns — the non-obvious rules (docs/responses.md h
   `compaction_trigger` makes the answer a compaction: Claude summarises, no tool may be called, and the
   answer is one sealed `compaction` item;
 - custom (free-form) tools become Claude tools with one string property `input`; namespace tools are
-  flattened to `namespace__name`; every name is sanitised with claude_tool_name and restored in answers.
+  flattened to `namespace__name`; every name is sanitised with claude_tool_name and restored in answers;
+- tools may also come in the input: an `additional_tools` item (Codex's code mode lists all its tools there)
+  and a client-executed search's `tool_search_output` add Claude tools like those of `tools`, and are no turn;
+  a `configuration_update` item sets the reasoning effort / summary from its position on (the latest wins).
 """
 
 from __future__ import annotations
@@ -306,7 +309,7 @@ class _MessageItem(_Strict):
     content: str | list[dict[str, Any]]
     id: str | None = None
     status: str | None = None
-    phase: Literal["commentary", "final_answer"] | None = None
+    phase: str | None = None  # the spec's commentary / final_answer; Codex also has partial_answer
 
 
 class _FunctionCall(_Strict):
@@ -359,17 +362,54 @@ class _Compaction(_Strict):
     id: str | None = None
 
 
+class _AdditionalTools(_Strict):
+    """Tools the client runs, listed in the input instead of `tools` (Codex's code mode puts its whole tool
+    set there, so `tools` stays the same and the prompt cache holds)."""
+    type: Literal["additional_tools"]
+    tools: list[dict[str, Any]]
+    role: str | None = None
+    id: str | None = None
+
+
+class _ConfigurationUpdate(_Strict):
+    """A setting changed at this point of the conversation, in force until a later one changes it again (Codex
+    changes the reasoning effort this way, leaving the request's `reasoning` and so the cached prefix alone)."""
+    type: Literal["configuration_update"]
+    reasoning: ReasoningParam | None = None
+    id: str | None = None
+
+
+class _ToolSearchCall(_Strict):
+    type: Literal["tool_search_call"]
+    arguments: dict[str, Any]
+    call_id: str | None = Field(default=None, min_length=1, max_length=64)
+    execution: Literal["server", "client"] | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class _ToolSearchOutput(_Strict):
+    type: Literal["tool_search_output"]
+    tools: list[dict[str, Any]]
+    call_id: str | None = Field(default=None, min_length=1, max_length=64)
+    execution: Literal["server", "client"] | None = None
+    id: str | None = None
+    status: str | None = None
+
+
 _ITEMS: dict[str, type[_Strict]] = {
     "message": _MessageItem, "function_call": _FunctionCall, "function_call_output": _FunctionCallOutput,
     "custom_tool_call": _CustomToolCall, "custom_tool_call_output": _CustomToolCallOutput,
     "reasoning": _Reasoning, "item_reference": _ItemReference, "compaction": _Compaction,
+    "additional_tools": _AdditionalTools, "configuration_update": _ConfigurationUpdate,
+    "tool_search_call": _ToolSearchCall, "tool_search_output": _ToolSearchOutput,
 }
 # The output items of OpenAI's built-in tools: there is nothing on Claude's side they could continue.
 _BUILTIN_ITEMS = frozenset({
     "file_search_call", "computer_call", "computer_call_output", "image_generation_call", "code_interpreter_call",
     "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call",
     "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
-    "tool_search_call", "tool_search_output", "additional_tools", "program", "program_output",
+    "program", "program_output",
 })
 SUMMARY_TAG = "conversation_summary"
 COMPACTION_PROMPT = (
@@ -390,14 +430,42 @@ class _Tools:
     custom: set[str] = field(default_factory=set)  # Claude names of custom tools
     by_client: dict[tuple[str, str], str] = field(default_factory=dict)  # (function|custom, name) → Claude name
     web_search: bool = False
+    tool_search: str | None = None  # Claude name of the client-executed tool_search tool
     dropped: list[str] = field(default_factory=list)
     echo: list[dict[str, Any]] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)  # Claude names, in the order they were added
+    kinds: dict[str, str] = field(default_factory=dict)  # Claude name → function | custom | tool_search
+    positions: dict[str, int] = field(default_factory=dict)  # Claude name → its index in `claude`
+    # the deployment's switches, for the tools the input loads (additional_tools, tool_search_output) too
+    allow_web_search: bool = False
+    drop_builtin: bool = False
+    max_tool_calls: int | None = None
 
     def claude_name(self, name: str, namespace: str | None) -> str:
         """`namespace__name` (Codex's MCP namespaces already end in `__`: `mcp__fs__` + `read`)."""
         if not namespace:
             return claude_tool_name(name)
         return claude_tool_name(namespace + ("" if namespace.endswith("_") else "__") + name)
+
+    def put(self, entry: dict[str, Any]) -> None:
+        """Add a Claude tool; one of the same name (a tool loaded again) is replaced in place, so the tools
+        before and after it, and the cached prefix up to it, stay as they were."""
+        at = self.positions.get(entry["name"])
+        if at is None:
+            self.positions[entry["name"]] = len(self.claude)
+            self.claude.append(entry)
+        else:
+            self.claude[at] = entry
+
+    def forget(self, claude: str) -> None:
+        """Unregister a tool's name before its new definition registers it again (put() replaces the entry)."""
+        key = (self.kinds.pop(claude, ""), self.names.pop(claude, ""))
+        if self.by_client.get(key) == claude:
+            del self.by_client[key]
+        self.namespaces.pop(claude, None)
+        self.custom.discard(claude)
+        if self.tool_search == claude:
+            self.tool_search = None
 
 
 class _Conversation:
@@ -415,6 +483,7 @@ class _Conversation:
         self.image_urls: list[str] = []
         self.compaction = False
         self.ttl: str | None = None
+        self.reasoning: dict[str, str] = {}  # effort / summary set by configuration_update items, latest wins
 
     # turns
 
@@ -679,6 +748,62 @@ class _Conversation:
         return {"id": c.id or ids.new_id(ids.COMPACTION), "type": "compaction",
                 "encrypted_content": c.encrypted_content}
 
+    def _additional_tools(self, a: _AdditionalTools, raw: dict[str, Any], param: str) -> dict[str, Any]:
+        """Client tools listed in the input: Claude tools like those of `tools`; the item adds no turn."""
+        self._load_tools(a.tools, param + ".tools")
+        return {"id": a.id or ids.new_id(ids.ADDITIONAL_TOOLS), "type": "additional_tools",
+                "role": a.role or "developer", "tools": a.tools}
+
+    def _load_tools(self, tools: list[dict[str, Any]], param: str) -> list[str]:
+        """Register tools the input brings; a name defined before is replaced (a tool loaded again). Returns the
+        Claude names registered."""
+        before = len(self.tools.registered)
+        for j, tool in enumerate(tools):
+            _add_tool(self.tools, tool, f"{param}[{j}]", loaded=True)
+        return self.tools.registered[before:]
+
+    def _configuration_update(self, u: _ConfigurationUpdate, raw: dict[str, Any], param: str) -> dict[str, Any]:
+        """Settings from this point on: the reasoning effort and summary modelmux maps; the rest (fields this
+        version does not know) is kept in the stored item and changes nothing."""
+        if u.reasoning is not None:
+            if u.reasoning.effort is not None:
+                self.reasoning["effort"] = u.reasoning.effort
+            summary = u.reasoning.summary or u.reasoning.generate_summary
+            if summary is not None:
+                self.reasoning["summary"] = summary
+        out = {"type": "configuration_update", "reasoning": raw.get("reasoning")}
+        if u.id:
+            out["id"] = u.id
+        return out
+
+    def _client_search(self, execution: str | None, call_id: str | None, param: str) -> str:
+        if execution != "client":
+            raise invalid_request("Only client-executed tool search (`execution: client`) is supported: OpenAI's "
+                                  "hosted tool search is not available on Vertex.", param=param + ".execution",
+                                  code="unsupported_parameter")
+        if not call_id:
+            raise invalid_request("Missing required parameter: 'call_id' (client-executed tool search pairs a call "
+                                  "with its output).", param=param + ".call_id", code="missing_required_parameter")
+        return call_id
+
+    def _tool_search_call(self, c: _ToolSearchCall, raw: dict[str, Any], param: str) -> dict[str, Any]:
+        call_id = self._client_search(c.execution, c.call_id, param)
+        self.call({"type": "tool_use", "id": claude_tool_id(call_id),
+                   "name": self.tools.tool_search or self.tools.claude_name(TOOL_SEARCH_NAME, None),
+                   "input": c.arguments}, param)
+        return {"id": c.id or ids.new_id(ids.TOOL_SEARCH_CALL), "type": "tool_search_call", "call_id": call_id,
+                "execution": "client", "arguments": c.arguments, "status": "completed"}
+
+    def _tool_search_output(self, o: _ToolSearchOutput, raw: dict[str, Any], param: str) -> dict[str, Any]:
+        """The tools a search loaded: callable from here on, and named in the result Claude reads."""
+        call_id = self._client_search(o.execution, o.call_id, param)
+        loaded = self._load_tools(o.tools, param + ".tools")
+        text = (f"Loaded {len(loaded)} tool(s), callable now: {', '.join(loaded)}." if loaded
+                else "No tools matched the search.")
+        self.result(call_id, text, param)
+        return {"id": o.id or ids.new_id(ids.TOOL_SEARCH_OUTPUT), "type": "tool_search_output", "call_id": call_id,
+                "execution": "client", "tools": o.tools, "status": "completed"}
+
 
 # --- tools --------------------------------------------------------------------------------------------------
 
@@ -732,58 +857,83 @@ class _WebSearchTool(_Strict):
     search_context_size: Literal["low", "medium", "high"] = "medium"
 
 
+class _ToolSearchTool(_Strict):
+    type: Literal["tool_search"]
+    execution: Literal["server", "client"] | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
 WEB_SEARCH_TYPES = ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11")
 BUILTIN_TOOLS = ("file_search", "code_interpreter", "image_generation", "computer", "computer_use",
-                 "computer_use_preview", "local_shell", "shell", "mcp", "apply_patch", "tool_search",
-                 "programmatic_tool_calling")
+                 "computer_use_preview", "local_shell", "shell", "mcp", "apply_patch", "programmatic_tool_calling")
 WEB_SEARCH_NAME = "web_search"
+TOOL_SEARCH_NAME = "tool_search"
+TOOL_SEARCH_DESCRIPTION = "Search the tools that are not loaded yet; the ones found become callable."
 
 
 def _tools(req: ResponsesRequest, web_search: bool, drop_builtin: bool) -> _Tools:
-    out = _Tools()
+    out = _Tools(allow_web_search=web_search, drop_builtin=drop_builtin, max_tool_calls=req.max_tool_calls)
     for i, tool in enumerate(req.tools or []):
-        param = f"tools[{i}]"
-        kind = tool.get("type")
-        if kind == "function":
-            _add_function(out, _validate(_FunctionTool, tool, param), None, param)
-            out.echo.append({"parameters": None, "strict": None, **_given(tool)})
-        elif kind == "custom":
-            _add_custom(out, _validate(_CustomTool, tool, param), None, param)
-            out.echo.append(_given(tool))
-        elif kind == "namespace":
-            ns = _validate(_NamespaceTool, tool, param)
-            for j, inner in enumerate(ns.tools):
-                where = f"{param}.tools[{j}]"
-                inner_kind = inner.get("type") if isinstance(inner, dict) else None
-                if inner_kind == "function":
-                    _add_function(out, _validate(_FunctionTool, inner, where), ns, where)
-                elif inner_kind == "custom":
-                    _add_custom(out, _validate(_CustomTool, inner, where), ns, where)
-                else:
-                    raise invalid_request("A namespace holds function and custom tools only.", param=where + ".type")
-            out.echo.append({"description": "", **_given(tool)})
-        elif kind in WEB_SEARCH_TYPES:
-            ws = _validate(_WebSearchTool, tool, param)
-            if not web_search:
-                if not drop_builtin:
-                    raise invalid_request(f"The '{kind}' tool is not enabled on this modelmux deployment (Claude's "
-                                          "web search on Vertex is switched on in its configuration).",
-                                          param=param + ".type", code="unsupported_parameter")
-                out.dropped.append(kind)
-            elif out.web_search:
-                raise invalid_request("Only one web search tool may be given.", param=param + ".type")
-            else:
-                _add_web_search(out, ws, req.max_tool_calls, param)
-                out.echo.append(_given(tool))
-        elif kind in BUILTIN_TOOLS:
-            if not drop_builtin:
-                raise invalid_request(f"The '{kind}' tool is one of OpenAI's built-in tools, which Claude on Vertex "
-                                      "does not have.", param=param + ".type", code="unsupported_parameter")
-            out.dropped.append(kind)  # not echoed either: the Response lists the tools in effect
-        else:
-            raise invalid_request(f"Invalid value: '{kind}'. Supported tool types are function, custom, namespace "
-                                  "and (when enabled) web_search.", param=param + ".type", code="invalid_value")
+        echo = _add_tool(out, tool, f"tools[{i}]")
+        if echo is not None:  # dropped built-ins are not echoed: the Response lists the tools in effect
+            out.echo.append(echo)
     return out
+
+
+def _add_tool(out: _Tools, tool: dict[str, Any], param: str, loaded: bool = False) -> dict[str, Any] | None:
+    """One tool of `tools` (or, `loaded`, of an additional_tools / tool_search_output item, whose names replace
+    earlier definitions) → Claude tools; returns its echo, None when it was dropped."""
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if kind == "function":
+        _add_function(out, _validate(_FunctionTool, tool, param), None, param, loaded)
+        return {"parameters": None, "strict": None, **_given(tool)}
+    if kind == "custom":
+        _add_custom(out, _validate(_CustomTool, tool, param), None, param, loaded)
+        return _given(tool)
+    if kind == "namespace":
+        ns = _validate(_NamespaceTool, tool, param)
+        for j, inner in enumerate(ns.tools):
+            where = f"{param}.tools[{j}]"
+            inner_kind = inner.get("type") if isinstance(inner, dict) else None
+            if inner_kind == "function":
+                _add_function(out, _validate(_FunctionTool, inner, where), ns, where, loaded)
+            elif inner_kind == "custom":
+                _add_custom(out, _validate(_CustomTool, inner, where), ns, where, loaded)
+            else:
+                raise invalid_request("A namespace holds function and custom tools only.", param=where + ".type")
+        return {"description": "", **_given(tool)}
+    ts = _validate(_ToolSearchTool, tool, param) if kind == "tool_search" else None
+    if ts is not None and ts.execution == "client":
+        claude = _register(out, "tool_search", TOOL_SEARCH_NAME, None, param, loaded)
+        out.tool_search = claude
+        out.put({"name": claude, "description": ts.description or TOOL_SEARCH_DESCRIPTION,
+                 "input_schema": ts.parameters or {"type": "object", "properties": {}}})
+        return _given(tool)
+    if kind in WEB_SEARCH_TYPES:
+        ws = _validate(_WebSearchTool, tool, param)
+        if not out.allow_web_search:
+            if not out.drop_builtin:
+                raise invalid_request(f"The '{kind}' tool is not enabled on this modelmux deployment (Claude's "
+                                      "web search on Vertex is switched on in its configuration).",
+                                      param=param + ".type", code="unsupported_parameter")
+            out.dropped.append(kind)
+            return None
+        if out.web_search:
+            if loaded:  # loaded again: the one already there stays
+                return None
+            raise invalid_request("Only one web search tool may be given.", param=param + ".type")
+        _add_web_search(out, ws, out.max_tool_calls, param)
+        return _given(tool)
+    if kind in BUILTIN_TOOLS or kind == "tool_search":  # tool_search without `execution: client` is hosted
+        if not out.drop_builtin:
+            raise invalid_request(f"The '{kind}' tool is one of OpenAI's built-in tools, which Claude on Vertex "
+                                  "does not have.", param=param + ".type", code="unsupported_parameter")
+        out.dropped.append(kind)
+        return None
+    raise invalid_request(f"Invalid value: '{kind}'. Supported tool types are function, custom, namespace, "
+                          "tool_search (client-executed) and (when enabled) web_search.", param=param + ".type",
+                          code="invalid_value")
 
 
 def _given(tool: dict[str, Any]) -> dict[str, Any]:
@@ -791,10 +941,15 @@ def _given(tool: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in tool.items() if v is not None}
 
 
-def _register(out: _Tools, kind: str, name: str, ns: _NamespaceTool | None, param: str) -> str:
+def _register(out: _Tools, kind: str, name: str, ns: _NamespaceTool | None, param: str, replace: bool = False
+              ) -> str:
     claude = out.claude_name(name, ns.name if ns else None)
     if claude in out.names or (claude == WEB_SEARCH_NAME and out.web_search):
-        raise invalid_request(f"Duplicate tool name '{name}'.", param=param + ".name")
+        if not replace or claude not in out.names:
+            raise invalid_request(f"Duplicate tool name '{name}'.", param=param + ".name")
+        out.forget(claude)
+    out.registered.append(claude)
+    out.kinds[claude] = kind
     out.names[claude] = name
     if ns is not None:
         out.namespaces[claude] = ns.name
@@ -808,15 +963,17 @@ def _describe(description: str | None, ns: _NamespaceTool | None) -> str | None:
     return f"[{ns.name}: {ns.description}] {description or ''}".strip()
 
 
-def _add_function(out: _Tools, fn: _FunctionTool, ns: _NamespaceTool | None, param: str) -> None:
-    entry: dict[str, Any] = {"name": _register(out, "function", fn.name, ns, param),
+def _add_function(out: _Tools, fn: _FunctionTool, ns: _NamespaceTool | None, param: str, replace: bool = False
+                  ) -> None:
+    entry: dict[str, Any] = {"name": _register(out, "function", fn.name, ns, param, replace),
                              "input_schema": fn.parameters if fn.parameters else {"type": "object", "properties": {}}}
     if description := _describe(fn.description, ns):
         entry["description"] = description
-    out.claude.append(entry)
+    out.put(entry)
 
 
-def _add_custom(out: _Tools, tool: _CustomTool, ns: _NamespaceTool | None, param: str) -> None:
+def _add_custom(out: _Tools, tool: _CustomTool, ns: _NamespaceTool | None, param: str, replace: bool = False
+                ) -> None:
     """A free-form tool → a Claude tool taking the text as its one string property; a grammar goes into the
     description, so Claude writes what the client's parser accepts (Codex's apply_patch is a Lark grammar)."""
     fmt = tool.format or {"type": "text"}
@@ -827,10 +984,10 @@ def _add_custom(out: _Tools, tool: _CustomTool, ns: _NamespaceTool | None, param
     elif fmt.get("type") != "text":
         raise invalid_request("Invalid value for the custom tool's format: use text or grammar.",
                               param=param + ".format.type")
-    claude = _register(out, "custom", tool.name, ns, param)
+    claude = _register(out, "custom", tool.name, ns, param, replace)
     out.custom.add(claude)
     description = _describe(tool.description, ns)
-    out.claude.append({
+    out.put({
         "name": claude,
         "description": ((description + "\n\n") if description else "") + f"Free-form input in `{CUSTOM_INPUT}`. "
                        + how,
@@ -854,7 +1011,7 @@ def _add_web_search(out: _Tools, ws: _WebSearchTool, max_uses: int | None, param
             entry["user_location"] = {"type": "approximate", **loc}
     if max_uses:  # max_tool_calls limits the built-in tools' calls: here, the searches
         entry["max_uses"] = max_uses
-    out.claude.append(entry)
+    out.put(entry)
     out.web_search = True
 
 
@@ -1021,7 +1178,9 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
         max_tokens, chosen = models.default_max_tokens(vertex_model), False
     else:
         max_tokens, chosen = min(req.max_output_tokens, cap), True
-    effort = None if conv.compaction or req.reasoning is None else req.reasoning.effort
+    # a configuration_update in the conversation overrides the request's reasoning from its position on
+    asked_effort = conv.reasoning.get("effort", req.reasoning.effort if req.reasoning else None)
+    effort = None if conv.compaction else asked_effort
     thinking = _thinking_budget(types.SimpleNamespace(reasoning_effort=effort), choice, conv.turns, max_tokens,
                                 chosen, vertex_model, None)
     if thinking:
@@ -1042,13 +1201,15 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
     if stream:
         body["stream"] = True
 
-    summary = req.reasoning.summary or req.reasoning.generate_summary if req.reasoning else None
+    summary = conv.reasoning.get("summary", req.reasoning.summary or req.reasoning.generate_summary
+                                 if req.reasoning else None)
     include = set(req.include or [])
     shape = ResponseShape(
         response_id=response_id or ids.new_id(ids.RESPONSE), created_at=created_at, model=req.model or "",
-        echo=_echo(req, tools, fmt, req.reasoning.effort if req.reasoning else None, summary),
+        echo=_echo(req, tools, fmt, asked_effort, summary),
         tool_names={k: v for k, v in tools.names.items() if k != json_tool}, namespaces=dict(tools.namespaces),
-        custom_tools=frozenset(tools.custom), json_tool=json_tool, json_wrapped=wrapped,
+        custom_tools=frozenset(tools.custom), tool_search=tools.tool_search, json_tool=json_tool,
+        json_wrapped=wrapped,
         summary=summary is not None, include_encrypted="reasoning.encrypted_content" in include,
         include_sources="web_search_call.action.sources" in include, key=key, compaction=conv.compaction)
     return ResponsesCall(body=body, stream=stream, shape=shape, image_urls=conv.image_urls, thinking=bool(thinking),

@@ -11,8 +11,9 @@ Output items, in Claude's block order:
   blocks themselves — text and signature, or redacted data — are sealed into `encrypted_content`;
 - consecutive `text` blocks → ONE `message` with one `output_text` part (`annotations`: web-search citations
   as `url_citation`, else []; `logprobs`: [] always);
-- `tool_use` → `function_call` (name restored, `namespace` for namespace tools), or `custom_tool_call` for a
-  custom (free-form) tool, its `input` the one string property; the JSON-answer tool (`text.format`) → the
+- `tool_use` → `function_call` (name restored, `namespace` for namespace tools), `custom_tool_call` for a
+  custom (free-form) tool, its `input` the one string property, or `tool_search_call` (arguments as an object)
+  for the client-executed tool search; the JSON-answer tool (`text.format`) → the
   message's `output_text`; in JSON mode Claude's prose is a `refusal` part (it was told to answer through
   the tool), never `output_text` a client would parse as the JSON;
 - `server_tool_use` web_search + its `web_search_tool_result` → `web_search_call`;
@@ -50,6 +51,7 @@ class ResponseShape:
     tool_names: dict[str, str] = field(default_factory=dict)  # Claude name → the client's name
     namespaces: dict[str, str] = field(default_factory=dict)  # Claude name → namespace (namespace tools)
     custom_tools: frozenset[str] = frozenset()  # Claude names of custom (free-form) tools
+    tool_search: str | None = None  # Claude name of the client-executed tool_search tool
     json_tool: str | None = None  # its input is the answer's output_text
     json_wrapped: bool = False  # that input is {"value": answer}
     summary: bool = False  # thinking text → reasoning summary parts (reasoning.summary asked)
@@ -201,11 +203,23 @@ def message_item(item_id: str, content: list[dict[str, Any]], status: str = "com
     return {"id": item_id, "type": "message", "status": status, "content": content, "role": "assistant"}
 
 
+def call_prefix(claude_name: str, shape: ResponseShape) -> str:
+    """The id prefix of the item a call of this tool becomes."""
+    if claude_name in shape.custom_tools:
+        return ids.CUSTOM_TOOL_CALL
+    return ids.TOOL_SEARCH_CALL if claude_name == shape.tool_search else ids.FUNCTION_CALL
+
+
 def call_item(item_id: str, call_id: str, claude_name: str, tool_input: Any, shape: ResponseShape,
               status: str = "completed", *, arguments: str | None = None) -> dict[str, Any]:
-    """function_call, or custom_tool_call for a custom tool; `arguments` overrides the rendering of
-    `tool_input` (the stream passes the exact text it streamed)."""
+    """function_call, custom_tool_call for a custom tool, tool_search_call for the client's tool search;
+    `arguments` overrides the rendering of `tool_input` (the stream passes the exact text it streamed)."""
     name = shape.tool_names.get(claude_name, claude_name)
+    if claude_name == shape.tool_search:
+        if arguments is not None:
+            tool_input = _json_object(arguments)
+        return {"id": item_id, "type": "tool_search_call", "status": status, "call_id": call_id,
+                "execution": "client", "arguments": tool_input if isinstance(tool_input, dict) else {}}
     if claude_name in shape.custom_tools:
         item = {"id": item_id, "type": "custom_tool_call", "status": status, "call_id": call_id, "name": name,
                 "input": custom_input(tool_input) if arguments is None else arguments}
@@ -217,6 +231,13 @@ def call_item(item_id: str, call_id: str, claude_name: str, tool_input: Any, sha
     if claude_name in shape.namespaces:
         item["namespace"] = shape.namespaces[claude_name]
     return item
+
+
+def _json_object(text: str) -> Any:
+    try:
+        return json.loads(text) if text.strip() else {}
+    except ValueError:  # cut off mid-input (a failed stream)
+        return {}
 
 
 def custom_input(tool_input: Any) -> str:
@@ -327,7 +348,7 @@ def _output_items(blocks: list[dict[str, Any]], shape: ResponseShape) -> list[di
         else:
             flush_message()
             if kind == "tool_use":
-                prefix = ids.CUSTOM_TOOL_CALL if block.get("name") in shape.custom_tools else ids.FUNCTION_CALL
+                prefix = call_prefix(block.get("name") or "", shape)
                 output.append(call_item(ids.new_id(prefix), block.get("id") or "", block.get("name") or "",
                                         block.get("input"), shape))
             elif kind == "server_tool_use" and block.get("name") == "web_search":

@@ -15,7 +15,8 @@ Output, as OpenAI streams it (`event: TYPE\\ndata: JSON\\n\\n`, `sequence_number
   `output_text.annotation.added` when their block ends; JSON-mode prose as `refusal.delta` / `.done`;
 - tool calls: `function_call_arguments.delta` … `.done` (with `name`), custom tools
   `custom_tool_call_input.delta` … `.done` (the string input is decoded out of Claude's partial JSON as it
-  streams);
+  streams); a `tool_search_call` has no delta events (the spec defines none): its arguments come whole on
+  `output_item.done`;
 - thinking: a `reasoning` item, a summary part per thinking block (`reasoning_summary_part.added`,
   `reasoning_summary_text.delta` … `.done`, `reasoning_summary_part.done`) when `reasoning.summary` was asked;
   the sealed `encrypted_content` on its `output_item.done` when included;
@@ -52,8 +53,8 @@ from ..response import json_answer, usage as chat_usage
 from ..sse import EventSplitter, EventTooLarge, event_data
 from ..stream import _extend
 from . import ids
-from .response import (THINKING_TYPES, ResponseShape, call_item, compaction_item, custom_input, message_item,
-                       output_text, public_items, reasoning_item, response_error, response_object,
+from .response import (THINKING_TYPES, ResponseShape, call_item, call_prefix, compaction_item, custom_input,
+                       message_item, output_text, public_items, reasoning_item, response_error, response_object,
                        responses_usage, stop_status, url_citations, web_search_item)
 
 _dumps = json.dumps
@@ -109,10 +110,12 @@ class _Reasoning:
 
 
 class _Call:
-    __slots__ = ("index", "id", "call_id", "name", "custom", "fragments", "decoder", "streamed", "head", "mid")
+    __slots__ = ("index", "id", "call_id", "name", "custom", "search", "fragments", "decoder", "streamed", "head",
+                 "mid")
 
-    def __init__(self, index: int, item_id: str, call_id: str, name: str, custom: bool):
+    def __init__(self, index: int, item_id: str, call_id: str, name: str, custom: bool, search: bool = False):
         self.index, self.id, self.call_id, self.name, self.custom = index, item_id, call_id, name, custom
+        self.search = search  # a tool_search_call: its arguments are an object, sent whole when it is done
         self.fragments: list[str] = []
         self.decoder = _InputDecoder() if custom else None
         self.streamed: list[str] = []  # custom: the input text sent as deltas
@@ -460,9 +463,8 @@ class ResponsesStreamTranslator:
                 self._blocks[index] = [_JSON, msg, []]
                 return
             self._close_open(parts)
-            custom = name in shape.custom_tools
-            call = _Call(len(self._output), ids.new_id(ids.CUSTOM_TOOL_CALL if custom else ids.FUNCTION_CALL),
-                         cb.get("id") or "", name, custom)
+            call = _Call(len(self._output), ids.new_id(call_prefix(name, shape)), cb.get("id") or "", name,
+                         name in shape.custom_tools, name == shape.tool_search)
             self._added(call.index, call_item(call.id, call.call_id, name, None, shape, "in_progress",
                                               arguments=""), parts)
             self._open = call
@@ -521,6 +523,8 @@ class ResponsesStreamTranslator:
             if kind == _TOOL:
                 call = block[1]
                 call.fragments.append(fragment)
+                if call.search:  # the spec streams no deltas of a tool search's arguments
+                    return
                 if call.custom:
                     fragment = call.decoder.feed(fragment)
                     if not fragment:
@@ -574,7 +578,9 @@ class ResponsesStreamTranslator:
     def _finish_call(self, call: _Call, parts: list[str], status: str) -> None:
         where = f',"item_id":"{call.id}","output_index":{call.index}'
         raw = "".join(call.fragments)
-        if call.custom:
+        if call.search:
+            text = raw
+        elif call.custom:
             sent = "".join(call.streamed)
             try:
                 text = custom_input(_loads(raw) if raw.strip() else {})
