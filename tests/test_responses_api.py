@@ -199,7 +199,6 @@ def test_exchanges_are_counted_logged_and_dumped_like_chat(setup, client):
     client.responses.create(model="gpt-4o", input="count me")
     metrics = httpx.get(f"http://127.0.0.1:{proxy.reverse_port}/metrics", trust_env=False).text
     assert 'modelmux_requests_total{api="responses"' in metrics
-    assert 'api="responses.input_tokens"' in metrics or True  # counted when used; not needed for this check
     records = [json.loads(line) for line in (tmp / "dump.jsonl").read_text().splitlines()]
     mine = [r for r in records if r["api"] == "responses" and r["openai_request"].get("input") == "count me"]
     assert mine and mine[-1]["vertex_request"]["body"]["messages"][0]["content"][0]["text"] == "count me"
