@@ -130,9 +130,14 @@ def validate_response(body: Any) -> None:
 
 
 def validate_responses_event(event: dict) -> None:
-    """One stream event against the schema its `type` names."""
+    """One stream event against the schema its `type` names. A failed response's error code may be
+    `context_length_exceeded`: outside the spec's enum, but what OpenAI sends and Codex acts on (it compacts)."""
     schema = responses_event_schemas().get(event.get("type"))
     assert schema, f"not a ResponseStreamEvent type: {event.get('type')!r}"
+    if event.get("type") == "response.failed" and \
+            (event["response"].get("error") or {}).get("code") == "context_length_exceeded":
+        event = json.loads(json.dumps(event))
+        event["response"]["error"]["code"] = "server_error"
     validate(event, schema)
 
 
@@ -148,7 +153,7 @@ def validate_responses_events(events: list[dict]) -> list[dict]:
     numbers = [e["sequence_number"] for e in events]
     assert numbers == list(range(len(events))), f"sequence_number must count from 0 by 1: {numbers[:12]}"
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "response.created", f"the first event is response.created, not {kinds[0]}"
+    assert kinds[:2] == ["response.created", "response.in_progress"], f"created, then in_progress: {kinds[:3]}"
     terminal = [k for k in kinds if k in RESPONSES_TERMINAL]
     assert len(terminal) == 1 and kinds[-1] == terminal[0], f"exactly one terminal event, last: {kinds[-3:]}"
     added: dict[int, dict] = {}
@@ -189,13 +194,18 @@ def validate_responses_events(events: list[dict]) -> list[dict]:
     return events
 
 
+def parse_responses_sse(raw: bytes) -> list[tuple[str | None, dict]]:
+    """[(the `event:` line, the parsed data)] of a Responses SSE body, in order."""
+    pairs = sse.events(raw)
+    assert all(data != "[DONE]" for _, data in pairs), "a Responses stream has no [DONE]"
+    return [(name, json.loads(data)) for name, data in pairs]
+
+
 def validate_responses_sse(raw: bytes) -> list[dict]:
     """A whole Responses SSE body: `event:` lines naming their data's type, no [DONE], then
     validate_responses_events. Returns the events."""
-    pairs = sse.events(raw)
+    pairs = parse_responses_sse(raw)
     assert pairs, "no events"
-    assert all(data != "[DONE]" for _, data in pairs), "a Responses stream has no [DONE]"
-    events = [json.loads(data) for _, data in pairs]
-    for (name, _), event in zip(pairs, events):
+    for name, event in pairs:
         assert name in (None, event.get("type")), f"event: {name} carries data of type {event.get('type')}"
-    return validate_responses_events(events)
+    return validate_responses_events([event for _, event in pairs])

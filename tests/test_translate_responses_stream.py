@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from openapi import validate
-from responses_sse import parse_sse, validate_responses_sse
+from openapi import parse_responses_sse as parse_sse, validate, validate_responses_sse
 
 from modelmux.translate.errors import OpenAIError
 from modelmux.translate.responses.response import ResponseShape, to_response, unseal_summary, unseal_thinking
