@@ -10,7 +10,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from modelmux.addons import Runtime, Translate, make_addons
+from modelmux.addons import Runtime, make_addons
 from modelmux.addons.redact import REDACTED, RedactCredentials
 
 KEY = "sk-client-key-redact-0123"

@@ -42,7 +42,39 @@ _loads = json.loads
 _TEXT, _TOOL, _JSON, _THINKING, _OTHER = range(5)
 
 
-class StreamTranslator:
+class AnthropicStream:
+    """What every translator of Vertex's Anthropic SSE shares: reads split anywhere become whole events for
+    `_render`; the end of the body without `message_stop` is a truncation the client must see. Subclasses have
+    `_events` (an EventSplitter), `done`, `failed`, `_render(events) -> bytes` and `fail(err) -> bytes`."""
+
+    _events: EventSplitter
+    done: bool
+    failed: OpenAIError | None
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done or self.failed:
+            return b""
+        try:
+            events = self._events.feed(data)
+        except EventTooLarge as err:
+            return self.fail(OpenAIError(502, f"Vertex AI sent an unreadable stream: {err}", "server_error", None,
+                                         "bad_upstream_event"))
+        return self._render(events) if events else b""
+
+    def finish(self) -> bytes:
+        """The upstream body ended. Anything but a completed message is an error the client must see."""
+        if self.done or self.failed:
+            return b""
+        out = self._render(self._events.flush())  # a last event without its blank line
+        if self.done or self.failed:
+            return out
+        return out + self.fail(OpenAIError(502, "Vertex AI ended the stream before the message was complete "
+                                                "(no message_stop); the answer is truncated.",
+                                           "server_error", None, "stream_truncated"))
+
+
+
+class StreamTranslator(AnthropicStream):
     def __init__(self, shape: AnswerShape, coalesce: bool = False):
         self.shape = shape
         self.coalesce = coalesce
@@ -82,27 +114,6 @@ class StreamTranslator:
         return None
 
     # --- public -------------------------------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> bytes:
-        if self.done or self.failed:
-            return b""
-        try:
-            events = self._events.feed(data)
-        except EventTooLarge as err:
-            return self.fail(OpenAIError(502, f"Vertex AI sent an unreadable stream: {err}", "server_error", None,
-                                         "bad_upstream_event"))
-        return self._render(events) if events else b""
-
-    def finish(self) -> bytes:
-        """The upstream body ended. Anything but a completed message is an error the client must see."""
-        if self.done or self.failed:
-            return b""
-        out = self._render(self._events.flush())  # a last event without its blank line
-        if self.done or self.failed:
-            return out
-        return out + self.fail(OpenAIError(502, "Vertex AI ended the stream before the message was complete "
-                                                "(no message_stop); the answer is truncated.",
-                                           "server_error", None, "stream_truncated"))
 
     def fail(self, err: OpenAIError) -> bytes:
         """Emit `err` as an SSE error the OpenAI SDKs raise, and stop translating."""

@@ -50,10 +50,10 @@ from typing import Any
 
 from ..errors import OpenAIError, from_stream_error
 from ..response import json_answer, usage as chat_usage
-from ..sse import EventSplitter, EventTooLarge, event_data
-from ..stream import _extend
+from ..sse import EventSplitter, event_data
+from ..stream import AnthropicStream, _extend
 from . import ids
-from .response import (THINKING_TYPES, ResponseShape, call_item, call_prefix, compaction_item, custom_input,
+from .response import (ResponseShape, call_item, call_prefix, compaction_item, custom_input,
                        message_item, output_text, public_items, reasoning_item, response_error, response_object,
                        responses_usage, stop_status, url_citations, web_search_item)
 
@@ -132,7 +132,7 @@ class _Search:
         self.fragments: list[str] = []
 
 
-class ResponsesStreamTranslator:
+class ResponsesStreamTranslator(AnthropicStream):
     def __init__(self, shape: ResponseShape, coalesce: bool = False):
         self.shape = shape
         self.coalesce = coalesce  # streaming mode `buffered`: a feed's consecutive deltas of a block → one event
@@ -203,27 +203,6 @@ class ResponsesStreamTranslator:
         else:
             parts.append(self._snapshot_event("response.in_progress"))
         return self._out(parts)
-
-    def feed(self, data: bytes) -> bytes:
-        if self.done or self.failed:
-            return b""
-        try:
-            events = self._events.feed(data)
-        except EventTooLarge as err:
-            return self.fail(OpenAIError(502, f"Vertex AI sent an unreadable stream: {err}", "server_error", None,
-                                         "bad_upstream_event"))
-        return self._render(events) if events else b""
-
-    def finish(self) -> bytes:
-        """The upstream body ended. Anything but a completed message is an error the client must see."""
-        if self.done or self.failed:
-            return b""
-        out = self._render(self._events.flush())  # a last event without its blank line
-        if self.done or self.failed:
-            return out
-        return out + self.fail(OpenAIError(502, "Vertex AI ended the stream before the message was complete "
-                                                "(no message_stop); the answer is truncated.",
-                                           "server_error", None, "stream_truncated"))
 
     def fail(self, err: OpenAIError) -> bytes:
         """End the stream with `err`: the open item closed, then `error` and `response.failed`."""
