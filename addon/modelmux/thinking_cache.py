@@ -4,7 +4,7 @@ When Claude thinks and then calls tools, the next request (carrying the tool res
 block with its signature back, or Vertex answers 400. OpenAI clients drop it (they have no field for it), so
 modelmux keeps it, keyed by the first tool-call id of that turn — the id the client does send back.
 Bounded in entries and bytes, least recently used out first; losing an entry only turns thinking off for
-that one continuation (see translate.request._thinking_budget).
+that one continuation (see translate.request.thinking_budget).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ from .. import cl100k
 from ..config import EmbeddingLimits
 from ..vertex import EmbeddingRoute, UnknownModel
 from .errors import OpenAIError, from_upstream, invalid_request, model_not_found
-from .request import strict_json
+from .request import json_body, strict_json
+from .validation import json_kind
 
 MAX_INPUTS = 2048  # OpenAI's limit on the number of inputs in one request
 ENCODING_FORMATS = ("float", "base64")
@@ -90,24 +91,8 @@ class EmbeddingsPlan:
 
 # --- the request ---------------------------------------------------------------------------------------------
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
-
-
 def _invalid_type(param: str, expected: str, value: Any) -> OpenAIError:
-    return invalid_request(f"Invalid type for '{param}': expected {expected}, but got {_kind(value)} instead.",
+    return invalid_request(f"Invalid type for '{param}': expected {expected}, but got {json_kind(value)} instead.",
                            param=param, code="invalid_type")
 
 
@@ -187,14 +172,7 @@ def _inputs(value: Any) -> tuple[list[str], list[int | None], bool]:
 
 def parse_embeddings_request(raw: bytes) -> EmbeddingsRequest:
     """Validate the client's body. Raises OpenAIError (400) naming the offending parameter."""
-    try:
-        data = strict_json(raw)
-    except RecursionError:
-        raise invalid_request("The JSON body of your request is nested too deeply.") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise invalid_request(f"We could not parse the JSON body of your request: {err}") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.")
+    data = json_body(raw)
     model = data.get("model")
     if model is None:
         raise invalid_request("You must provide a model parameter.", param="model",

@@ -412,8 +412,8 @@ def strict_json(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant)
 
 
-def parse_request(raw: bytes) -> ChatRequest:
-    """Validate the client's body. Raises OpenAIError (400) naming the offending parameter."""
+def json_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; anything else is OpenAI's 400 (every API's parser starts here)."""
     try:
         data = strict_json(raw)
     except RecursionError:
@@ -422,6 +422,12 @@ def parse_request(raw: bytes) -> ChatRequest:
         raise invalid_request(f"We could not parse the JSON body of your request: {err}") from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.")
+    return data
+
+
+def parse_request(raw: bytes) -> ChatRequest:
+    """Validate the client's body. Raises OpenAIError (400) naming the offending parameter."""
+    data = json_body(raw)
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as err:
@@ -557,13 +563,13 @@ class _Builder:
                                   "content": NO_RESULT_TEXT}, "")
 
 
-def _cache_control(part: Any, ttl: str | None) -> dict[str, Any] | None:
+def cache_control(part: Any, ttl: str | None) -> dict[str, Any] | None:
     if getattr(part, "prompt_cache_breakpoint", None) is None:
         return None
     return {"type": "ephemeral", "ttl": "1h"} if ttl in ("1h", "24h") else {"type": "ephemeral"}
 
 
-def _image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
+def image_block(url: str, param: str, image_urls: list[str]) -> dict[str, Any]:
     m = _DATA_URL.match(url)
     if m:
         media = m.group(1).lower()
@@ -590,7 +596,7 @@ def _base64(data: str, param: str) -> str:
     return compact
 
 
-def _file_block(part: FilePart, param: str) -> dict[str, Any]:
+def file_block(part: FilePart, param: str) -> dict[str, Any]:
     data = part.file.file_data or ""
     m = _DATA_URL.match(data)
     if part.file.file_id or not m:
@@ -632,10 +638,10 @@ def _content_blocks(msg: Message, index: int, ttl: str | None, image_urls: list[
         elif not allow_media:
             raise invalid_request(f"{part.type} parts are only allowed in user and tool messages.", param=param)
         elif isinstance(part, ImagePart):
-            block = _image_block(part.image_url.url, param + ".image_url.url", image_urls)
+            block = image_block(part.image_url.url, param + ".image_url.url", image_urls)
         else:
-            block = _file_block(part, param + ".file")
-        if cc := _cache_control(part, ttl):
+            block = file_block(part, param + ".file")
+        if cc := cache_control(part, ttl):
             block["cache_control"] = cc
         blocks.append(block)
     return blocks
@@ -802,7 +808,7 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
         raise invalid_request("The conversation needs at least one user or assistant message with content.",
                               param="messages")
 
-    _keep_latest_breakpoints(system, b.turns)
+    keep_latest_breakpoints(system, b.turns)
     body: dict[str, Any] = {"anthropic_version": anthropic_version, "messages": b.turns}
     if system:
         body["system"] = system
@@ -824,27 +830,20 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
         body["tool_choice"] = choice
 
     max_tokens, chosen = _max_tokens(req, vertex_model)
-    thinking = _thinking_budget(req, choice, b.turns, max_tokens, chosen, vertex_model, thinking_for)
+    thinking = thinking_budget(req, choice, b.turns, max_tokens, chosen, vertex_model, thinking_for)
     if thinking:
         budget, max_tokens = thinking
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     body["max_tokens"] = max_tokens
 
-    # The newer anthropic_version rejects sampling parameters even at their defaults; thinking requires the
-    # default temperature.
-    if anthropic_version == "vertex-2023-10-16" and not thinking:
-        if req.temperature is not None:
-            body["temperature"] = min(req.temperature, 1.0)
-        if req.top_p is not None and not (req.temperature is not None
-                                          and models.rejects_temperature_with_top_p(vertex_model)):
-            body["top_p"] = req.top_p
+    add_sampling(body, req.temperature, req.top_p, vertex_model, anthropic_version, thinking=bool(thinking))
 
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     stops = [s for s in stops if s.strip()]
     if stops:
         body["stop_sequences"] = stops
     if req.user or req.safety_identifier:
-        body["metadata"] = {"user_id": _hash_user(req.safety_identifier or req.user or "")}
+        body["metadata"] = {"user_id": hash_user(req.safety_identifier or req.user or "")}
     stream = bool(req.stream)
     if stream:
         body["stream"] = True
@@ -853,7 +852,20 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
                          json_tool=json_tool, json_wrapped=wrapped, image_urls=image_urls, thinking=bool(thinking))
 
 
-def _keep_latest_breakpoints(system: list[dict[str, Any]], turns: list[dict[str, Any]]) -> None:
+def add_sampling(body: dict[str, Any], temperature: float | None, top_p: float | None, vertex_model: str,
+                 anthropic_version: str, *, thinking: bool) -> None:
+    """The client's sampling parameters as Claude on Vertex takes them: temperature within 0..1; top_p only where
+    the model accepts it beside temperature; none under the newer anthropic_version (it rejects them even at
+    their defaults) or with thinking (which requires the default temperature)."""
+    if anthropic_version != "vertex-2023-10-16" or thinking:
+        return
+    if temperature is not None:
+        body["temperature"] = min(temperature, 1.0)
+    if top_p is not None and not (temperature is not None and models.rejects_temperature_with_top_p(vertex_model)):
+        body["top_p"] = top_p
+
+
+def keep_latest_breakpoints(system: list[dict[str, Any]], turns: list[dict[str, Any]]) -> None:
     """Only the last MAX_CACHE_BREAKPOINTS `cache_control` marks stay: Vertex rejects more."""
     marked = [b for b in system if "cache_control" in b]
     for turn in turns:
@@ -864,7 +876,7 @@ def _keep_latest_breakpoints(system: list[dict[str, Any]], turns: list[dict[str,
         del block["cache_control"]
 
 
-def _thinking_budget(req: ChatRequest, choice: dict[str, Any] | None, turns: list[dict[str, Any]], max_tokens: int,
+def thinking_budget(req: ChatRequest, choice: dict[str, Any] | None, turns: list[dict[str, Any]], max_tokens: int,
                      chosen: bool, vertex_model: str, thinking_for: ThinkingLookup | None) -> tuple[int, int] | None:
     """(budget, max_tokens) when thinking is on, else None. Off: no effort asked, `none`, a forced tool
     (Anthropic rejects thinking with it), or a tool loop whose earlier thinking modelmux no longer has."""
@@ -887,7 +899,7 @@ def _thinking_budget(req: ChatRequest, choice: dict[str, Any] | None, turns: lis
     return budget, max_tokens
 
 
-def _hash_user(user: str) -> str:
+def hash_user(user: str) -> str:
     # Vertex rejects emails and phone numbers as user_id; a stable hash still groups one user's requests.
     return "user-" + hashlib.sha256(_utf8(user)).hexdigest()[:32]
 

@@ -49,9 +49,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ... import models
 from ..errors import OpenAIError, invalid_request
-from ..request import (JSON_TOOL, NO_RESULT_TEXT, FilePart, ThinkingLookup, _cache_control, _file_block,
-                       _hash_user, _image_block, _keep_latest_breakpoints, _thinking_budget, claude_tool_id,
-                       claude_tool_name, strict_json)
+from ..request import (JSON_TOOL, NO_RESULT_TEXT, FilePart, ThinkingLookup, add_sampling, cache_control,
+                       claude_tool_id, claude_tool_name, file_block, hash_user, image_block, json_body,
+                       keep_latest_breakpoints, strict_json, thinking_budget)
 from . import ids
 from .response import CUSTOM_INPUT, ResponseShape, unseal_summary, unseal_thinking
 from .sealing import Keys, SealError, is_ours
@@ -152,14 +152,7 @@ MAX_METADATA = 16
 
 def parse_responses_request(raw: bytes) -> ResponsesRequest:
     """Validate the client's body. Raises OpenAIError (400) naming the offending parameter."""
-    try:
-        data = strict_json(raw)
-    except RecursionError:
-        raise invalid_request("The JSON body of your request is nested too deeply.") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise invalid_request(f"We could not parse the JSON body of your request: {err}") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.")
+    data = json_body(raw)
     req = _validate(ResponsesRequest, data, "")
     if req.model is None:
         raise invalid_request("Missing required parameter: 'model'.", param="model",
@@ -640,10 +633,10 @@ class _Conversation:
                     raise invalid_request("Images must be sent as image_url (a data: URL or an http(s) URL); "
                                           "uploaded file ids are not available to Claude.", param=where,
                                           code="unsupported_parameter")
-                block = _image_block(p.image_url, where + ".image_url", self.image_urls)
+                block = image_block(p.image_url, where + ".image_url", self.image_urls)
             else:
                 block = self._file(p, where)
-            if cc := _cache_control(p, self.ttl):
+            if cc := cache_control(p, self.ttl):
                 block["cache_control"] = cc
             blocks.append(block)
         return blocks
@@ -654,7 +647,7 @@ class _Conversation:
                                   "fetched.", param=param + ".file_url", code="unsupported_parameter")
         chat_part = FilePart.model_validate({"type": "file", "file": {"file_data": p.file_data,
                                                                       "file_id": p.file_id}})
-        block = _file_block(chat_part, param)
+        block = file_block(chat_part, param)
         if p.filename and block["type"] == "document":
             block["title"] = p.filename
         return block
@@ -1150,7 +1143,7 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
 
     if req.prompt_cache_key and not _has_breakpoints(conv.system, conv.turns):
         _auto_breakpoints(conv.system, conv.turns, conv.ttl)
-    _keep_latest_breakpoints(conv.system, conv.turns)
+    keep_latest_breakpoints(conv.system, conv.turns)
     body: dict[str, Any] = {"anthropic_version": anthropic_version, "messages": conv.turns}
     if conv.system:
         body["system"] = conv.system
@@ -1181,22 +1174,15 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
     # a configuration_update in the conversation overrides the request's reasoning from its position on
     asked_effort = conv.reasoning.get("effort", req.reasoning.effort if req.reasoning else None)
     effort = None if conv.compaction else asked_effort
-    thinking = _thinking_budget(types.SimpleNamespace(reasoning_effort=effort), choice, conv.turns, max_tokens,
+    thinking = thinking_budget(types.SimpleNamespace(reasoning_effort=effort), choice, conv.turns, max_tokens,
                                 chosen, vertex_model, None)
     if thinking:
         budget, max_tokens = thinking
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     body["max_tokens"] = max_tokens
-    # The newer anthropic_version rejects sampling parameters even at their defaults; thinking requires the
-    # default temperature.
-    if anthropic_version == "vertex-2023-10-16" and not thinking:
-        if req.temperature is not None:
-            body["temperature"] = min(req.temperature, 1.0)
-        if req.top_p is not None and not (req.temperature is not None
-                                          and models.rejects_temperature_with_top_p(vertex_model)):
-            body["top_p"] = req.top_p
+    add_sampling(body, req.temperature, req.top_p, vertex_model, anthropic_version, thinking=bool(thinking))
     if req.user or req.safety_identifier:
-        body["metadata"] = {"user_id": _hash_user(req.safety_identifier or req.user or "")}
+        body["metadata"] = {"user_id": hash_user(req.safety_identifier or req.user or "")}
     stream = bool(req.stream)
     if stream:
         body["stream"] = True
