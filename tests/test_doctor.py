@@ -35,6 +35,14 @@ def test_doctor(tmp_path):
         code, checks = doctor(config, tmp_path / "conf", trusted, "--live")
         assert code == 0, checks
         assert checks["model gpt-4o"]["ok"] and checks["credentials"]["detail"].startswith("credentials file")
+        assert checks["embeddings gemini-embedding-001"]["ok"] and checks["embeddings text-embedding-005"]["ok"]
+        assert checks["state store"]["ok"] and checks["state store"]["detail"].startswith("sqlite")
+
+        # a state store that does not answer (nothing listens on that port)
+        nostate = tmp_path / "nostate.yaml"
+        nostate.write_text(config.read_text() + f"state: {{url: 'redis://127.0.0.1:{procs.free_port()}/0'}}\n")
+        code, checks = doctor(nostate, tmp_path / "conf", trusted)
+        assert code == 1 and not checks["state store"]["ok"] and "state.url" in checks["state store"]["fix"]
 
         # missing credentials file
         missing = tmp_path / "missing.yaml"

@@ -137,6 +137,27 @@ def _proxy_vars(env: dict[str, str]) -> Check:
     return Check("proxy variables", True, f"HTTPS_PROXY={proxy}, NO_PROXY covers loopback")
 
 
+def _state(config: Config, confdir: Path) -> Check:
+    """The state store answers (stored responses, limits, budgets, shared thinking depend on it)."""
+    import asyncio
+
+    from .state import open_store
+
+    async def probe() -> dict:
+        store = open_store(config.state, confdir)
+        try:
+            return await store.health()
+        finally:
+            await store.close()
+
+    health = asyncio.run(probe())
+    if health.get("ok"):
+        return Check("state store", True, f"{health['backend']} answers in {health.get('latency_ms', 0):.1f} ms")
+    return Check("state store", False, f"{health['backend']}: {health.get('error', 'unavailable')}",
+                 "check state.url (the Redis host, port, password, TLS) or the confdir's permissions; without it "
+                 "stored responses get 503 and limits fail open (state.fail_closed refuses instead)")
+
+
 def run_checks(config_path: str, *, live: bool, confdir: Path, host: str, port: int,
                env: dict[str, str] | None = None) -> list[Check]:
     env = dict(os.environ if env is None else env)
@@ -150,6 +171,7 @@ def run_checks(config_path: str, *, live: bool, confdir: Path, host: str, port: 
         checks.append(reach)
         if live and token and reach.ok:
             checks.extend(_live(config, token))
+        checks.append(_state(config, confdir))
     checks.extend(_ca(confdir, env))
     checks.append(_port(host, port))
     checks.append(_proxy_vars(env))
