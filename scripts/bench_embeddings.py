@@ -43,6 +43,17 @@ def timed(fn, repeat: int) -> dict[str, float]:
     return {"median_us": statistics.median(runs), "best_us": min(runs)}
 
 
+def request_cost(raw: bytes, raw_answers: list[bytes], route_for, repeat: int) -> dict[str, dict[str, float]]:
+    """What the embeddings hook spends in-process on one request: planning the client's body (parse, validate,
+    count, split) and assembling Vertex's raw answers (`raw_answers[k]` to the plan's batch k) into the client's
+    body, each timed as `timed` does (scripts/bench.py runs it on the emulator's own answers)."""
+    plan = embeddings_plan(raw, route_for, truncate=False)
+    if len(raw_answers) != len(plan.batches):
+        raise ValueError(f"{len(raw_answers)} answers for {len(plan.batches)} batches")
+    return {"plan": timed(lambda: embeddings_plan(raw, route_for, truncate=False), repeat),
+            "assemble_bytes": timed(lambda: assemble_bytes(plan, raw_answers), repeat)}
+
+
 def answers_for(plan, width: int, rng: random.Random) -> list[dict]:
     return [{"predictions": [{"embeddings": {"values": [rng.uniform(-0.1, 0.1) for _ in range(width)],
                                              "statistics": {"token_count": 100, "truncated": False}}}

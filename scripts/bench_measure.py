@@ -21,10 +21,13 @@ import httpx
 
 from modelmux.translate.sse import EventSplitter
 
-# one content event: a Vertex text delta, or an OpenAI chunk whose delta has non-empty content (not the role chunk)
-VERTEX_CONTENT = re.compile(rb'"type":\s*"text_delta"')
-OPENAI_CONTENT = re.compile(rb'"content":\s*"[^"]')
-VERTEX_END, OPENAI_END = b'"type":"message_stop"', b"data: [DONE]"
+# per stream dialect: (one content event, the stream's last event). A content event is a Vertex text delta, an
+# OpenAI chat chunk whose delta has non-empty content (not the role chunk), or a Responses output_text delta.
+DIALECTS = {
+    "vertex": (re.compile(rb'"type":\s*"text_delta"'), b'"type":"message_stop"'),
+    "chat": (re.compile(rb'"content":\s*"[^"]'), b"data: [DONE]"),
+    "responses": (re.compile(rb'"type":\s*"response\.output_text\.delta"'), b'"type":"response.completed"'),
+}
 TICKS = os.sysconf("SC_CLK_TCK")
 POOL = 16  # connections per httpx client in the load generator
 
@@ -38,7 +41,7 @@ class Target:
     stream_path: str
     body: dict[str, Any]
     headers: dict[str, str]
-    vertex: bool  # Vertex-shaped request and SSE (floor, passthrough) or OpenAI-shaped (modelmux, LiteLLM)
+    dialect: str  # of the request and its SSE (DIALECTS): "vertex" (floor, passthrough), "chat" or "responses"
     proxy: str | None = None  # HTTPS_PROXY-style, for regular mode
     verify: str | bool = True
     pid: int | None = None  # the process in between (CPU, memory); for the floor: the emulator
@@ -70,19 +73,21 @@ def pct(values: list[float], p: float) -> float:
 
 class SSEReader:
     """Splits a response body into SSE frames as it arrives; counts content events and, when asked, notes
-    when each one arrived."""
+    when each one arrived (and when the first frame of any kind did)."""
 
-    def __init__(self, vertex: bool, t0: float | None = None):
-        self._content = VERTEX_CONTENT if vertex else OPENAI_CONTENT
-        self._end = VERTEX_END if vertex else OPENAI_END
+    def __init__(self, dialect: str, t0: float | None = None):
+        self._content, self._end = DIALECTS[dialect]
         self._events = EventSplitter()
         self._t0 = t0
         self.content = 0
         self.arrivals: list[float] = []  # ms after t0, one per content event
+        self.first_frame_ms: float | None = None  # ms after t0 to the first whole event, whatever its type
         self.ended = False
 
     def feed(self, chunk: bytes) -> None:
         for frame in self._events.feed(chunk):  # an incomplete frame waits for the next read
+            if self._t0 is not None and self.first_frame_ms is None:
+                self.first_frame_ms = (time.perf_counter() - self._t0) * 1000
             if self._content.search(frame):
                 self.content += 1
                 if self._t0 is not None:
@@ -91,8 +96,9 @@ class SSEReader:
                 self.ended = True
 
 
-def latencies(target: Target, n: int, seconds: float) -> list[float]:
-    """ms per non-streamed request, n sequential (after one warm-up: connections, token), until the deadline."""
+def latencies(target: Target, n: int, seconds: float) -> tuple[list[float], float]:
+    """ms per non-streamed request, n sequential (after one warm-up: connections, token), until the deadline;
+    and the CPU seconds the target's process spent on them (the warm-up's not counted; 0 without a pid)."""
     out: list[float] = []
     with target.client() as client:
         def send() -> None:
@@ -100,18 +106,20 @@ def latencies(target: Target, n: int, seconds: float) -> list[float]:
             if r.status_code != 200:
                 raise BenchError(f"HTTP {r.status_code}: {r.text[:200]}")
         send()
+        cpu0 = cpu_seconds(target.pid) if target.pid else 0.0
         deadline = time.monotonic() + seconds
         while len(out) < n and time.monotonic() < deadline:
             t0 = time.perf_counter()
             send()
             out.append((time.perf_counter() - t0) * 1000)
-    return out
+        cpu = cpu_seconds(target.pid) - cpu0 if target.pid else 0.0
+    return out, cpu
 
 
 async def stream_once(client: httpx.AsyncClient, target: Target, body: dict[str, Any] | None = None,
                       t0: float | None = None) -> SSEReader:
     """One stream read to its end; with t0, the arrival of each content event is noted."""
-    reader = SSEReader(target.vertex, t0)
+    reader = SSEReader(target.dialect, t0)
     async with client.stream("POST", target.stream_path, json=body or target.stream_body) as r:
         if r.status_code != 200:
             raise BenchError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
@@ -122,12 +130,16 @@ async def stream_once(client: httpx.AsyncClient, target: Target, body: dict[str,
     return reader
 
 
-async def _arrivals(target: Target, n: int, concurrency: int, seconds: float,
-                    body_for: Callable[[int], dict[str, Any]] | None) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {}
+async def _readers(target: Target, n: int, concurrency: int, seconds: float,
+                   body_for: Callable[[int], dict[str, Any]] | None,
+                   cpu: list[float] | None = None) -> dict[int, SSEReader]:
+    """Stream number i → its reader; with `cpu`, the CPU seconds of the target's process over the streams (the
+    warm-up's not counted) are appended to it."""
+    out: dict[int, SSEReader] = {}
     async with target.async_client(concurrency) as client:
         # warm-up (connection, TLS, token): non-streamed, which the emulator never paces
         (await client.post(target.path, json=target.body)).raise_for_status()
+        cpu0 = cpu_seconds(target.pid) if cpu is not None and target.pid else 0.0
         deadline = time.monotonic() + seconds
         started = 0
 
@@ -136,8 +148,10 @@ async def _arrivals(target: Target, n: int, concurrency: int, seconds: float,
             while started < n and time.monotonic() < deadline:
                 i, started = started, started + 1
                 body = body_for(i) if body_for else None
-                out[i] = (await stream_once(client, target, body, time.perf_counter())).arrivals
+                out[i] = await stream_once(client, target, body, time.perf_counter())
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if cpu is not None:
+            cpu.append(cpu_seconds(target.pid) - cpu0 if target.pid else 0.0)
     return out
 
 
@@ -145,7 +159,18 @@ def arrivals(target: Target, n: int, concurrency: int, seconds: float,
              body_for: Callable[[int], dict[str, Any]] | None = None) -> dict[int, list[float]]:
     """Stream number i → ms from sending its request to each content event's arrival; n streams (the body of
     number i from `body_for`), `concurrency` at a time (1: sequential), until the deadline."""
-    return asyncio.run(_arrivals(target, n, concurrency, seconds, body_for))
+    readers = asyncio.run(_readers(target, n, concurrency, seconds, body_for))
+    return {i: r.arrivals for i, r in readers.items()}
+
+
+def stream_starts(target: Target, n: int, seconds: float) -> tuple[list[tuple[float, float]], float]:
+    """n sequential unpaced streams (until the deadline): for each, ms from sending its request to its first
+    event of any kind and to its first content event; and the CPU seconds the target's process spent on them."""
+    cpu: list[float] = []
+    readers = asyncio.run(_readers(target, n, 1, seconds, None, cpu))
+    if any(not r.arrivals for r in readers.values()):
+        raise BenchError("a stream ended without a content event")
+    return [(r.first_frame_ms, r.arrivals[0]) for r in readers.values()], cpu[0]
 
 
 @dataclass
