@@ -138,6 +138,23 @@ async def test_monthly_budget(store, clock):
     assert await store.month_spend("team-a", now=T0) == pytest.approx(1.05)
 
 
+async def test_buffered_spend_is_written_once_per_key_model_and_day_and_counts_here_at_once(store, clock):
+    """The proxy settles with `buffered`: recording spend is one write per second, not one per answer."""
+    limiter = Limiter(store, clock=clock)
+    client = ClientLimits("team-a", monthly_usd=1.0, spend_key="team-a")
+    for _ in range(3):
+        await limiter.settle(client, SONNET, TokenCounts(input=100_000, output=10_000), buffered=True)  # $0.45
+    assert await store.month_spend("team-a", now=T0) == 0  # nothing written yet …
+    refused = await limiter.check(client)  # … but this process counts it: $1.35 of $1.00
+    assert refused.error.code == "insufficient_quota" and "$1.35 of its $1.00" in refused.error.message
+    await limiter.flush()
+    assert await store.month_spend("team-a", now=T0) == pytest.approx(1.35)
+    [row] = await store.usage(None, "team-a")
+    assert (row.requests, row.input_tokens, row.output_tokens) == (3, 300_000, 30_000)
+    await limiter.flush()  # nothing pending: nothing written twice
+    assert await store.month_spend("team-a", now=T0) == pytest.approx(1.35)
+
+
 async def test_limits_from_config_keys_and_defaults():
     cfg = config(limits={"requests_per_minute": 60, "tokens_per_minute": 10000}, budgets={"monthly_usd": 50},
                  security={"client_keys": ["plain-key", {"key": "k-a", "name": "team-a", "requests_per_minute": 5,

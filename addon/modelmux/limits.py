@@ -154,6 +154,7 @@ class Limiter:
         self.on_fail_open = on_fail_open
         self.clock = clock
         self.log_every = log_every or RateLimitedLog(log)
+        self.pending = PendingSpend()
 
     def _unavailable(self, what: str, err: StateUnavailable) -> None:
         if self.on_fail_open is not None:
@@ -185,10 +186,13 @@ class Limiter:
             specs.append(BucketSpec(f"rpm:{client.name}", rpm, rpm / 60.0, 1))
             limits.append(("requests", rpm))
         budget = client.monthly_usd
+        if budget is not None:  # what this process spent and has not written yet counts too
+            budget -= self.pending.usd(client.spend_key)
         admission = await self.store.admit(specs, spend_key=client.spend_key if budget is not None else None,
                                            budget_usd=budget, now=now)
         if admission.over_budget:
-            return Decision(False, error=insufficient_quota(client, admission.spent_usd or 0.0, now))
+            spent = (admission.spent_usd or 0.0) + self.pending.usd(client.spend_key)
+            return Decision(False, error=insufficient_quota(client, spent, now))
         headers: dict[str, str] = {}
         for (kind, limit), bucket in zip(limits, admission.buckets):
             headers.update(_bucket_headers(kind, limit, bucket))
@@ -197,8 +201,10 @@ class Limiter:
         return Decision(True, headers)
 
     async def settle(self, client: ClientLimits, model: str, tokens: TokenCounts, *,
-                     region: str | None = None) -> Settlement:
-        """Charge an answer's tokens and record its spend. Never raises for the store."""
+                     region: str | None = None, buffered: bool = False) -> Settlement:
+        """Charge an answer's tokens and record its spend. Never raises for the store. `buffered`: the spend
+        joins this process's pending spend, written by `flush` (one write per key, model and day each time,
+        however many answers: recording spend costs a request almost nothing); the tokens are charged at once."""
         now = self.clock()
         usd = cost(model, tokens, region=region, overrides=self.prices)
         source = price_for(model, self.prices)[1]
@@ -212,9 +218,58 @@ class Limiter:
                 headers = _bucket_headers("tokens", tpm, bucket)
         except StateUnavailable as err:
             self._unavailable("settle", err)
+        if buffered:
+            self.pending.add(client.spend_key, model, tokens, usd, now)
+            return Settlement(headers, usd, source, recorded)
         try:
             await self.store.add_spend(client.spend_key, model, tokens, usd, now=now)
         except StateUnavailable as err:
             recorded = False
             self._unavailable("settle", err)
         return Settlement(headers, usd, source, recorded)
+
+    async def flush(self) -> None:
+        """Write the pending spend (a row that cannot be written is logged and dropped, never counted twice)."""
+        for (key, model, day), row in self.pending.take().items():
+            try:
+                await self.store.add_spend(key, model, row.tokens, row.usd, now=row.at, requests=row.requests)
+            except StateUnavailable as err:
+                self._unavailable("settle", err)
+
+
+@dataclass
+class _PendingRow:
+    tokens: TokenCounts
+    usd: float
+    requests: int
+    at: float
+
+
+class PendingSpend:
+    """Spend of this process not written yet, summed per (key, model, day); its total per key counts against the
+    key's budget here at once (other processes see it once it is written)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str, str], _PendingRow] = {}
+
+    def add(self, key: str, model: str, tokens: TokenCounts, usd: float, now: float) -> None:
+        slot = (key, model, dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat())
+        row = self._rows.get(slot)
+        if row is None:
+            self._rows[slot] = _PendingRow(tokens, usd, 1, now)
+            return
+        t = row.tokens
+        row.tokens = TokenCounts(t.input + tokens.input, t.output + tokens.output, t.cache_write + tokens.cache_write,
+                                 t.cache_read + tokens.cache_read)
+        row.usd += usd
+        row.requests += 1
+
+    def usd(self, key: str) -> float:
+        return sum(r.usd for (k, _, _), r in self._rows.items() if k == key)
+
+    def take(self) -> dict[tuple[str, str, str], _PendingRow]:
+        rows, self._rows = self._rows, {}
+        return rows
+
+    def __len__(self) -> int:
+        return len(self._rows)

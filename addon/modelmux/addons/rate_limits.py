@@ -10,8 +10,9 @@ Cases:
 - the answer (allowed or not) carries OpenAI's `x-ratelimit-*` headers for the limits that apply
   (`RateLimitHeaders`, placed after Translate, which rebuilds a stream's headers);
 - each translated exchange, when it ends (a stream: when its last event is out): its tokens charged to the
-  token bucket and its cost (pricing.py) added to the spend of (key, model, day) — `modelmux usage` reads it,
-  `/metrics` has `modelmux_spend_usd_total{key, model}`.
+  token bucket at once and its cost (pricing.py) added to the spend of (key, model, day) — summed in the process
+  and written once a second (a budget counts this process's pending spend at once, other processes' within a
+  second) — `modelmux usage` reads it, `/metrics` has `modelmux_spend_usd_total{key, model}`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .scope import is_ours, route_path
 log = logging.getLogger("modelmux")
 
 HEADERS = "modelmux_ratelimit"  # flow metadata: the x-ratelimit-* headers for the answer (plain strings)
+FLUSH_SECONDS = 1.0  # pending spend is written this often (one write per key, model and day)
 
 
 class RateLimits:
@@ -41,7 +43,9 @@ class RateLimits:
         self._clients: dict[str, ClientLimits] = {}  # flow id → who is charged when its exchange ends
         self._limiter: Limiter | None = None
         self._settling: set[asyncio.Task] = set()
+        self._flusher: asyncio.Task | None = None
         runtime.exchange_ended.append(self._ended)
+        runtime.closing.append(self._finish)
 
     def limiter(self) -> Limiter:
         snap = self.runtime.current
@@ -49,9 +53,30 @@ class RateLimits:
         cfg = snap.config
         if self._limiter is None or self._limiter.store is not store or self._limiter.prices is not cfg.budgets.prices \
                 or self._limiter.fail_closed != cfg.state.fail_closed:
+            old = self._limiter
             self._limiter = Limiter(store, fail_closed=cfg.state.fail_closed, prices=cfg.budgets.prices,
                                     on_fail_open=self.runtime.metrics.state_error)
+            if old is not None and old.store is store:
+                self._limiter.pending = old.pending  # a reload keeps what was spent and not yet written
+            elif old is not None:
+                self._background(old.flush())
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
         return self._limiter
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            if self._limiter is not None and len(self._limiter.pending):
+                try:
+                    await self._limiter.flush()
+                except Exception:  # the writing must go on
+                    log.exception("modelmux: writing spend failed")
+
+    def _background(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
@@ -84,21 +109,25 @@ class RateLimits:
         counts = tokens_from_anthropic({"input_tokens": tokens.input, "output_tokens": tokens.output,
                                         "cache_read_input_tokens": tokens.cache_read,
                                         "cache_creation_input_tokens": tokens.cache_write})
-        task = asyncio.get_running_loop().create_task(self._settle(client, ex, counts))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._background(self._settle(client, ex, counts))
 
     async def _settle(self, client: ClientLimits, ex: Any, counts: Any) -> None:
-        settlement = await self.limiter().settle(client, ex.vertex_model, counts, region=ex.served_region)
+        settlement = await self.limiter().settle(client, ex.vertex_model, counts, region=ex.served_region,
+                                                 buffered=True)
         if settlement.usd:
             self.runtime.metrics.spend.labels(client.spend_key, ex.model_label).inc(settlement.usd)
         if settlement.price_source.startswith(("unknown:", "family:")):
             log.info("modelmux: no list price for %s; priced as %s (budgets.prices overrides)", ex.vertex_model,
                      settlement.price_source)
 
-    async def done(self) -> None:
+    async def _finish(self) -> None:
+        """At shutdown (Runtime.close, before the store closes): settle what ended, write what was spent."""
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
+        if self._limiter is not None:
+            await self._limiter.flush()  # nothing spent is left unwritten at a clean stop
 
 
 class RateLimitHeaders:

@@ -52,6 +52,7 @@ class Runtime:
         self._keys_config: object = None
         self.archive = Archive()  # stored-response writes still in flight
         self.exchange_ended: list[Callable[[object, object], None]] = []  # told of each (flow, Exchange) that ended
+        self.closing: list[Callable[[], object]] = []  # awaited at shutdown, before the store closes
 
     def check(self, config: Config) -> None:
         """Raises ConfigError when an addon refuses `config`."""
@@ -85,6 +86,8 @@ class Runtime:
         return self._keys
 
     async def close(self) -> None:
+        for finish in self.closing:
+            await finish()
         if self.store is not None:
             await self.store.close()
 
