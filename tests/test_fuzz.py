@@ -865,8 +865,14 @@ def chain(tmp_path_factory):
         translate = next(a for a in addons if isinstance(a, Translate))
         if hasattr(translate, "done"):
             loop.run_until_complete(translate.done())
+        loop.run_until_complete(runtime.close())  # what the proxy's shutdown does: settles the spend still pending
         fake.server.close()
         loop.run_until_complete(fake.server.wait_closed())
+
+
+async def in_loop(fn, *args):
+    """Runs a synchronous hook where mitmproxy runs it: on the event loop (end-of-exchange work schedules tasks)."""
+    return fn(*args)
 
 
 async def run_request_hooks(addons, flow) -> None:
@@ -894,7 +900,7 @@ def test_request_hooks_answer_4xx_or_send_a_valid_vertex_body(chain, raw, route,
     # an exception escaping a hook fails the example as it is: mitmproxy would log it and forward the request
     loop.run_until_complete(asyncio.wait_for(run_request_hooks(addons, flow), timeout=30))
     translate = next(a for a in addons if isinstance(a, Translate))
-    problems = flow_problems(flow, origin, list(fake.calls), translate, fake.port)
+    problems = loop.run_until_complete(in_loop(flow_problems, flow, origin, list(fake.calls), translate, fake.port))
     assert not problems, "\n".join([f"body: {raw!r}", *problems])
 
 
@@ -1104,7 +1110,7 @@ def test_values_openai_accepts_are_served(chain, body, route, encoding):
         (body, flow.response and flow.response.status_code, flow.response and flow.response.content)
     translate = next(a for a in addons if isinstance(a, Translate))
     origin = ("api.openai.com", 443)
-    problems = flow_problems(flow, origin, calls, translate, fake.port)
+    problems = loop.run_until_complete(in_loop(flow_problems, flow, origin, calls, translate, fake.port))
     assert not problems, "\n".join([f"body: {body!r}", *problems])
     COUNTS["parity: served"] += 1
 

@@ -403,10 +403,11 @@ def test_two_processes_race_for_the_last_token(backend):
     assert not set(wins[0]) & set(wins[1])
 
 
-def test_two_processes_drain_one_bucket_exactly(backend):
+def test_four_processes_drain_one_bucket_exactly(backend):
+    """Four at once also open a new SQLite file at once: none may be refused while another sets it up."""
     kind, target = backend
-    barrier = multiprocessing.get_context("spawn").Barrier(2)
-    allowed = _run_children(state_workers.drain, [(kind, target, "drain", 40, barrier)] * 2)
+    barrier = multiprocessing.get_context("spawn").Barrier(4)
+    allowed = _run_children(state_workers.drain, [(kind, target, "drain", 20, barrier)] * 4)
     assert sum(allowed) == 50  # capacity 50, 80 attempts
 
 

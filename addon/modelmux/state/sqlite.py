@@ -4,7 +4,8 @@
   `settings.max_pending`, else StateUnavailable at once) and each is bounded by `settings.deadline`.
 - Several processes (`--workers N`, or separate instances on one host): WAL mode (readers never block the writer),
   every read-modify-write in one `BEGIN IMMEDIATE` transaction (the write lock is taken before the read, so two
-  processes can never both take a bucket's last token), `busy_timeout` = `settings.timeout`.
+  processes can never both take a bucket's last token), `busy_timeout` = `settings.timeout`; opening a new file
+  that another process is switching to WAL is retried for as long.
 - The file is created 0600 (its directory 0700 when it has to be made); WAL's side files get the same mode.
 - Schema versioned with `PRAGMA user_version`; a file from a newer modelmux is refused, never rewritten.
 - Housekeeping (expired rows, full buckets, spend past retention) runs at most once a minute, bounded per run.
@@ -17,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ FILE_NAME = "modelmux-state.sqlite3"  # in the confdir when `state.url` is null
 MAINTENANCE_EVERY = 60.0  # seconds (store clock)
 MAINTENANCE_BATCH = 1000  # rows of each kind removed per housekeeping run at most
 FULL_NEVER = 1e18  # full_at of a bucket that never refills
+SETUP_RETRY_SECONDS = 0.02  # between attempts to open a file another process is setting up
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -131,6 +134,19 @@ class SQLiteStore(Store):
         if not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, mode=0o700)
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # before SQLite creates it with the umask's mode
+        deadline = time.monotonic() + self.settings.timeout
+        while True:
+            try:
+                self._conn = self._open()
+                return self._conn
+            except sqlite3.OperationalError as err:
+                # Processes opening a new file at once both switch it to WAL: SQLite sees a lock upgrade deadlock
+                # and answers one of them "locked" at once, without its busy timeout. Opening again then succeeds.
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(SETUP_RETRY_SECONDS)
+
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.settings.timeout, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -141,7 +157,6 @@ class SQLiteStore(Store):
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
