@@ -3,6 +3,8 @@ price table (pricing.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import datetime as dt
 import logging
 
@@ -153,6 +155,40 @@ async def test_buffered_spend_is_written_once_per_key_model_and_day_and_counts_h
     assert (row.requests, row.input_tokens, row.output_tokens) == (3, 300_000, 30_000)
     await limiter.flush()  # nothing pending: nothing written twice
     assert await store.month_spend("team-a", now=T0) == pytest.approx(1.35)
+
+
+class GatedSQLiteStore(SQLiteStore):
+    """The real store, its spend writes held at a gate: the moment a flush is under way."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def add_spend(self, *args, **kw):
+        self.writing.set()
+        await self.gate.wait()
+        return await super().add_spend(*args, **kw)
+
+
+async def test_spend_being_written_still_counts_against_the_budget(tmp_path, clock):
+    store = GatedSQLiteStore(tmp_path / "state.sqlite3", clock=clock)
+    try:
+        limiter = Limiter(store, clock=clock)
+        client = ClientLimits("team-a", monthly_usd=1.0, spend_key="team-a")
+        await limiter.settle(client, SONNET, TokenCounts(input=200_000, output=30_000), buffered=True)  # $1.05
+        flushing = asyncio.create_task(limiter.flush())
+        await asyncio.wait_for(store.writing.wait(), 5)
+        assert len(limiter.pending) == 0  # taken for writing, not yet in the store
+        refused = await limiter.check(client)
+        assert refused.error.code == "insufficient_quota" and "$1.05 of its $1.00" in refused.error.message
+        store.gate.set()
+        await asyncio.wait_for(flushing, 5)
+        refused = await limiter.check(client)  # now read from the store, not counted twice
+        assert "$1.05 of its $1.00" in refused.error.message
+    finally:
+        store.gate.set()
+        await store.close()
 
 
 async def test_limits_from_config_keys_and_defaults():

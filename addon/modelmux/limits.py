@@ -230,11 +230,16 @@ class Limiter:
 
     async def flush(self) -> None:
         """Write the pending spend (a row that cannot be written is logged and dropped, never counted twice)."""
-        for (key, model, day), row in self.pending.take().items():
-            try:
-                await self.store.add_spend(key, model, row.tokens, row.usd, now=row.at, requests=row.requests)
-            except StateUnavailable as err:
-                self._unavailable("settle", err)
+        rows = self.pending.take()
+        try:
+            for (key, model, day), row in rows.items():
+                try:
+                    await self.store.add_spend(key, model, row.tokens, row.usd, now=row.at, requests=row.requests)
+                except StateUnavailable as err:
+                    self._unavailable("settle", err)
+                row.usd = 0.0  # written (or dropped): no longer this process's to count
+        finally:
+            self.pending.written(rows)
 
 
 @dataclass
@@ -251,6 +256,7 @@ class PendingSpend:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str, str], _PendingRow] = {}
+        self._writing: list[dict[tuple[str, str, str], _PendingRow]] = []  # taken, their writes not done yet
 
     def add(self, key: str, model: str, tokens: TokenCounts, usd: float, now: float) -> None:
         slot = (key, model, dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat())
@@ -265,11 +271,16 @@ class PendingSpend:
         row.requests += 1
 
     def usd(self, key: str) -> float:
-        return sum(r.usd for (k, _, _), r in self._rows.items() if k == key)
+        """This process's spend for `key` that a budget check cannot read from the store yet (being written too)."""
+        return sum(r.usd for rows in (self._rows, *self._writing) for (k, _, _), r in rows.items() if k == key)
 
     def take(self) -> dict[tuple[str, str, str], _PendingRow]:
         rows, self._rows = self._rows, {}
+        self._writing.append(rows)
         return rows
+
+    def written(self, rows: dict[tuple[str, str, str], _PendingRow]) -> None:
+        self._writing.remove(rows)
 
     def __len__(self) -> int:
         return len(self._rows)
