@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -485,6 +486,39 @@ async def test_sqlite_locked_by_another_writer_fails_within_the_deadline(tmp_pat
     await store.close()
 
 
+async def test_sqlite_calls_that_time_out_in_the_queue_give_their_place_back_and_never_run_late(tmp_path):
+    """A worker thread held up (a slow disk): the calls queued behind it time out; once it is free, the queue is
+    empty again (not `max_pending` ghosts refusing every call) and no timed-out take spent a token."""
+    store = SQLiteStore(tmp_path / "state.sqlite3", StoreSettings(timeout=0.1, connect_timeout=0.05, max_pending=4,
+                                                                  retry_seconds=0))
+    await store.take("k", 5, 0, 1, now=1000.0)  # the file exists; 4 tokens left
+    gate = threading.Event()
+    held = asyncio.ensure_future(store._run(lambda conn: gate.wait(10)))
+    await asyncio.sleep(0)  # it is submitted first
+    try:
+        for _ in range(6):  # more than max_pending, one after another
+            with pytest.raises(StateUnavailable):
+                await store.take("k", 5, 0, 1, now=1000.0)
+    finally:
+        gate.set()
+        await held
+    assert store._queued == 0
+    bucket = await store.take("k", 5, 0, 1, now=1000.0)
+    assert bucket.allowed and bucket.remaining == 3  # only the first and this one took a token
+    await store.close()
+    with pytest.raises(StateUnavailable, match="closed"):  # a late call (shutdown): the store's error, not a crash
+        await store.take("k", 5, 0, 1, now=1000.0)
+
+
+async def test_sqlite_lookup_of_many_keys_at_once(tmp_path):
+    """More keys than SQLite binds in one statement (a long conversation's tool-call ids): one answer."""
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    await store.kv_put("sig", "k7", {"v": 7}, ttl=60, max_entries=10)
+    keys = [f"k{i}" for i in range(300_000)]
+    assert await store.kv_get_many("sig", keys) == {"k7": {"v": 7}}
+    await store.close()
+
+
 # --- the guard: fail fast after a failure, then try again --------------------------------------------------------------
 
 async def test_fail_fast_window_then_retry(tmp_path):
@@ -609,6 +643,25 @@ async def test_redis_keys_are_namespaced_and_expire(redis_server, clock):
             assert ttl > 0, key
         assert 29 * DAY * 1000 < raw.pttl("modelmux:{resp}:r:r1") <= 30 * DAY * 1000
         assert raw.pttl("modelmux:{rl:rpm:team-a}") <= 2000  # gone once full again (1 s) + 1 s
+    finally:
+        await store.close()
+        raw.close()
+
+
+async def test_redis_evicted_or_deleted_responses_leave_no_item_index(redis_server, clock):
+    """Redis memory is bounded by response_max_*: a response gone (evicted, deleted) takes its item indexes along."""
+    import redis
+    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    raw.flushall()
+    store = RedisStore(redis_server.url, StoreSettings(response_max_count=2), clock=clock)
+    try:
+        for n in range(5):
+            await store.put_response(response(f"r{n}", created=clock.now, inputs=("in",), outputs=(f"o{n}",)))
+        assert await store.delete_response("r4", "team-a")
+        index = sorted(k.decode() for k in raw.scan_iter("modelmux:{resp}:i:*"))
+        assert len(index) == 2 and all(k.endswith(("r3-in", "r3-o3")) for k in index)  # r0–r2 evicted, r4 deleted
+        assert all(raw.zrange(k, 0, -1) == [b"r3"] for k in index)
+        assert (await store.get_items(["r3-o3"], "team-a")).keys() == {"r3-o3"}
     finally:
         await store.close()
         raw.close()

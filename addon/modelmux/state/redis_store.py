@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .base import (Admission, Bucket, BucketSpec, Chain, StateTooLarge, Store, StoredResponse, TokenCounts, UsageRow, chain_from, day_of,
@@ -48,10 +49,17 @@ local function drop(victim)
     redis.call('HDEL', KEYS[3], victim)
   end
   redis.call('ZREM', KEYS[2], victim)
+  local held = redis.call('HGET', ARGV[12] .. victim, 'i')  -- its item indexes: an evicted response leaves none
+  if held then
+    for _, key in ipairs(cjson.decode(held)) do redis.call('ZREM', key, victim) end
+  end
   redis.call('DEL', ARGV[12] .. victim)
 end
 drop(id)
-redis.call('HSET', KEYS[1], 'o', ARGV[2], 'p', ARGV[3], 'c', ARGV[4], 'x', ARGV[5], 'd', ARGV[7])
+local item_keys = {}
+for i = 5, #KEYS do table.insert(item_keys, KEYS[i]) end
+redis.call('HSET', KEYS[1], 'o', ARGV[2], 'p', ARGV[3], 'c', ARGV[4], 'x', ARGV[5], 'd', ARGV[7],
+           'i', cjson.encode(item_keys))
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('ZADD', KEYS[2], ARGV[5], id)
 redis.call('HSET', KEYS[3], id, ARGV[6])
@@ -86,6 +94,10 @@ if size then
   redis.call('HDEL', KEYS[3], ARGV[1])
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+local held = redis.call('HGET', KEYS[1], 'i')
+if held then
+  for _, key in ipairs(cjson.decode(held)) do redis.call('ZREM', key, ARGV[1]) end
+end
 redis.call('DEL', KEYS[1])
 if tonumber(r[2]) <= tonumber(ARGV[3]) then return 0 end
 return 1
@@ -223,7 +235,10 @@ class RedisStore(Store):
         self._where = where(url)
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=s.max_connections, timeout=s.timeout, socket_connect_timeout=s.connect_timeout,
-            socket_timeout=s.timeout, retry=Retry(NoBackoff(), 1), health_check_interval=0)
+            socket_timeout=s.timeout, health_check_interval=0,
+            # one retry for a pooled connection Redis closed (a restart); never after a time-out, when the
+            # script may have run: a spend or token-bucket script sent twice would count twice
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         self._client = aioredis.Redis(connection_pool=pool)
         self._put_script = self._client.register_script(_PUT_RESPONSE)
         self._delete_script = self._client.register_script(_DELETE_RESPONSE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -27,11 +28,14 @@ from typing import Any, Callable, Iterator
 from .base import (Admission, Bucket, BucketSpec, Chain, StateTooLarge, StateUnavailable, Store, StoredResponse, TokenCounts, UsageRow,
                    chain_from, day_of, month_of, owner_tag, refill)
 
+log = logging.getLogger("modelmux")
+
 SCHEMA_VERSION = 1
 FILE_NAME = "modelmux-state.sqlite3"  # in the confdir when `state.url` is null
 MAINTENANCE_EVERY = 60.0  # seconds (store clock)
 MAINTENANCE_BATCH = 1000  # rows of each kind removed per housekeeping run at most
 FULL_NEVER = 1e18  # full_at of a bucket that never refills
+KV_KEYS_PER_QUERY = 500  # keys per `IN (…)` lookup
 SETUP_RETRY_SECONDS = 0.02  # between attempts to open a file another process is setting up
 
 MIGRATIONS: dict[int, list[str]] = {
@@ -80,10 +84,11 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT (busy) leaves the transaction open: never for good
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 @contextmanager
@@ -107,6 +112,7 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
         self._queued = 0
         self._queued_lock = threading.Lock()
+        self._closed = False
         self._next_maintenance = float("-inf")
 
     def describe(self) -> str:
@@ -115,18 +121,30 @@ class SQLiteStore(Store):
     # --- the worker thread ----------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise StateUnavailable(f"state store ({self.describe()}) is closed")
         with self._queued_lock:
             if self._queued >= self.settings.max_pending:
                 raise StateUnavailable(f"state store ({self.describe()}) busy: {self._queued} operations queued")
             self._queued += 1
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, fn, args)
-
-    def _in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        abandoned = threading.Event()  # the caller gave up (its deadline): the work must not happen late
+        future = self._executor.submit(self._in_thread, fn, args, abandoned)
+        future.add_done_callback(self._dequeued)  # also when cancelled before it ran: the count always comes back
         try:
-            return fn(self._connection(), *args)
-        finally:
-            with self._queued_lock:
-                self._queued -= 1
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            abandoned.set()
+            future.cancel()
+            raise
+
+    def _dequeued(self, _future: Any) -> None:
+        with self._queued_lock:
+            self._queued -= 1
+
+    def _in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...], abandoned: threading.Event) -> Any:
+        if abandoned.is_set():  # e.g. a token taken for a request already answered without it
+            raise StateUnavailable("abandoned before it ran")
+        return fn(self._connection(), *args)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None:
@@ -151,7 +169,9 @@ class SQLiteStore(Store):
                                check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.settings.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":  # e.g. a file system without shared memory: readers would block the writer
+                raise sqlite3.OperationalError(f"{self.path} cannot use WAL mode (it is in {mode} mode)")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL: consistent after a crash; the last commits may be lost
             self._migrate(conn)
         except BaseException:
@@ -174,19 +194,26 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _maintain(self, conn: sqlite3.Connection, now: float) -> None:
+        """After the caller's own work has committed: a failure here is logged, never the caller's failure."""
         if now < self._next_maintenance:
             return
-        self._next_maintenance = now + MAINTENANCE_EVERY
-        with _write(conn):
-            for seq, size in conn.execute("SELECT seq, size FROM responses WHERE expires_at <= ? LIMIT ?",
-                                          (now, MAINTENANCE_BATCH)).fetchall():
-                self._drop(conn, seq, size)
-            conn.execute("DELETE FROM kv WHERE seq IN (SELECT seq FROM kv WHERE expires_at <= ? LIMIT ?)",
-                         (now, MAINTENANCE_BATCH))
-            conn.execute("DELETE FROM buckets WHERE key IN (SELECT key FROM buckets WHERE full_at <= ? LIMIT ?)",
-                         (now, MAINTENANCE_BATCH))
-            oldest_day = day_of(now - self.settings.spend_retention_days * 86400.0)
-            conn.execute("DELETE FROM spend WHERE day < ?", (oldest_day,))
+        try:
+            with _write(conn):
+                for seq, size in conn.execute("SELECT seq, size FROM responses WHERE expires_at <= ? LIMIT ?",
+                                              (now, MAINTENANCE_BATCH)).fetchall():
+                    self._drop(conn, seq, size)
+                conn.execute("DELETE FROM kv WHERE seq IN (SELECT seq FROM kv WHERE expires_at <= ? LIMIT ?)",
+                             (now, MAINTENANCE_BATCH))
+                buckets = conn.execute("DELETE FROM buckets WHERE key IN "
+                                       "(SELECT key FROM buckets WHERE full_at <= ? LIMIT ?)",
+                                       (now, MAINTENANCE_BATCH)).rowcount
+                oldest_day = day_of(now - self.settings.spend_retention_days * 86400.0)
+                conn.execute("DELETE FROM spend WHERE day < ?", (oldest_day,))
+        except sqlite3.Error as err:
+            log.warning("modelmux: state housekeeping (%s) failed, retried with the next write: %s", self.path, err)
+            return
+        # a full batch of idle buckets (many client addresses): come back soon rather than in a minute
+        self._next_maintenance = now + (MAINTENANCE_EVERY if buckets < MAINTENANCE_BATCH else 0.0)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -194,6 +221,8 @@ class SQLiteStore(Store):
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def _close(self) -> None:
+        self._closed = True
+
         def close(conn: sqlite3.Connection) -> None:
             conn.close()
             self._conn = None
@@ -319,10 +348,15 @@ class SQLiteStore(Store):
 
     async def _kv_get_many(self, namespace: str, keys: list[str], now: float) -> dict[str, Any]:
         def get(conn: sqlite3.Connection) -> dict[str, Any]:
-            marks = ",".join("?" * len(keys))
-            rows = conn.execute(f"SELECT key, value FROM kv WHERE ns = ? AND key IN ({marks}) AND expires_at > ?",
-                                (namespace, *keys, now)).fetchall()
-            return {key: json.loads(value) for key, value in rows}
+            found: dict[str, Any] = {}
+            with _read(conn):
+                for start in range(0, len(keys), KV_KEYS_PER_QUERY):  # under SQLite's bound-variable limit
+                    chunk = keys[start:start + KV_KEYS_PER_QUERY]
+                    marks = ",".join("?" * len(chunk))
+                    rows = conn.execute(f"SELECT key, value FROM kv WHERE ns = ? AND key IN ({marks}) "
+                                        "AND expires_at > ?", (namespace, *chunk, now)).fetchall()
+                    found.update((key, json.loads(value)) for key, value in rows)
+            return found
         return await self._run(get)
 
     async def _kv_put(self, namespace: str, key: str, value: Any, ttl: float, max_entries: int, now: float) -> None:
