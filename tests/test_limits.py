@@ -247,6 +247,16 @@ def test_stems_and_family_rule():
     assert source.startswith("unknown:") and priciest.base.input == max(p.base.input for p in TABLE.values())
 
 
+def test_embedding_models_are_priced_as_embeddings():
+    """Input tokens only, at Vertex's embedding prices: never at a chat model's (the unknown rule's Opus)."""
+    t = TokenCounts(input=1_000_000)
+    assert price_for("gemini-embedding-001")[1] == "table" and cost("gemini-embedding-001", t) == pytest.approx(0.15)
+    assert cost("text-embedding-005", t) == pytest.approx(0.10)
+    assert cost("text-multilingual-embedding-002", t, region="us-central1") == pytest.approx(0.10)
+    price, source = price_for("text-embedding-009")
+    assert source == "unknown:gemini-embedding-001" and price.base.input == 0.15
+
+
 def test_cost_counts_each_token_once():
     t = TokenCounts(input=1000, output=500, cache_write=2000, cache_read=10_000)
     # Sonnet 4.5: 3 in, 15 out, 3.75 cache write, 0.30 cache read per million

@@ -1,4 +1,5 @@
-"""What an answer cost: Vertex AI list prices for Claude (USD per million tokens) and `cost(model, tokens)`.
+"""What an answer cost: Vertex AI list prices for Claude and the embedding models (USD per million tokens) and
+`cost(model, tokens)`.
 
 Prices taken 2026-12-02 (TABLE_DATE). Sources:
 - Anthropic's pricing page, "Model pricing" (https://platform.claude.com/docs/en/about-claude/pricing): base input,
@@ -96,6 +97,17 @@ TABLE: dict[str, ModelPrice] = {
     "claude-3-haiku": ModelPrice(_p(0.25, 1.25, 0.30, 0.03)),
 }
 
+# Vertex's embedding models: input tokens only. gemini-embedding-001 is listed per token ($0.15 per million); the
+# text-embedding / text-multilingual-embedding models per 1,000 characters ($0.000025), taken as $0.10 per million
+# tokens (four characters a token, as LiteLLM's and Bifrost's tables do). A model whose name says "embedding" and
+# is not listed is priced as the dearest of these (an embedding is never charged at a chat model's price).
+EMBEDDINGS: dict[str, ModelPrice] = {
+    "gemini-embedding-001": ModelPrice(_p(0.15, 0, 0, 0)),
+    "text-embedding-005": ModelPrice(_p(0.10, 0, 0, 0)),
+    "text-embedding-004": ModelPrice(_p(0.10, 0, 0, 0)),
+    "text-multilingual-embedding-002": ModelPrice(_p(0.10, 0, 0, 0)),
+}
+
 FAMILIES = ("opus", "sonnet", "haiku", "fable", "mythos")
 _DATE_SUFFIX = re.compile(r"(@.*|-\d{8}|-v\d+|\[1m\]|-latest)$")
 _NEW_STYLE = re.compile(r"^claude-(" + "|".join(FAMILIES) + r")-(\d+)(?:-(\d+))?$")
@@ -149,6 +161,11 @@ def price_for(model: str, overrides: Mapping[str, Any] | None = None) -> tuple[M
             return ModelPrice(Price(o.input, o.output, o.cache_write, o.cache_read)), "config"
     if s in TABLE:
         return TABLE[s], "table"
+    if s in EMBEDDINGS:
+        return EMBEDDINGS[s], "table"
+    if "embedding" in s:
+        priciest = max(EMBEDDINGS, key=lambda k: (EMBEDDINGS[k].base.input, k))
+        return EMBEDDINGS[priciest], f"unknown:{priciest}"
     found = _by_family(s)
     if found is not None:
         return found[1], f"family:{found[0]}"
