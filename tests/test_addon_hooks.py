@@ -231,3 +231,30 @@ async def test_pain27_client_keys_gate_every_endpoint(tmp_path):
         f = make_flow(host="example.com")  # not ours: not gated
         await run_request(addons, f)
         assert f.response is None
+
+
+async def run_response(addons, flow):
+    for a in addons:
+        if hasattr(a, "response"):
+            result = a.response(flow)
+            if inspect.isawaitable(result):
+                await result
+
+
+async def test_requests_answered_locally_leave_no_rate_limit_entry(tmp_path):
+    """A limited request refused by its API (a 400) never becomes an exchange: nothing of it stays behind."""
+    from modelmux.addons import RateLimits
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + "limits: {requests_per_minute: 100}\n")
+    runtime = Runtime()
+    addons = make_addons(runtime)
+    limits = next(a for a in addons if isinstance(a, RateLimits))
+    with taddons.context(Proxyserver(), *addons) as tctx:
+        tctx.configure(addons[0], listen_host="127.0.0.1", confdir=str(tmp_path), modelmux_config=str(path))
+        for _ in range(5):
+            f = make_flow(body={"model": 5, "messages": []})
+            await run_request(addons, f)
+            await run_response(addons, f)
+            assert f.response.status_code == 400 and f.response.headers["x-ratelimit-limit-requests"] == "100"
+        assert limits._clients == {}
+        await runtime.close()

@@ -56,7 +56,7 @@ def config(**extra):
 
 
 @pytest.mark.parametrize("seconds, text", [
-    (0, "0ms"), (0.0004, "1ms"), (0.12, "120ms"), (0.999, "999ms"), (1, "1s"), (6, "6s"), (8.64, "8.64s"),
+    (0, "0s"), (0.0004, "1ms"), (0.12, "120ms"), (0.999, "999ms"), (1, "1s"), (6, "6s"), (8.64, "8.64s"),
     (59.9995, "1m0s"), (90, "1m30s"), (87.4, "1m27.4s"), (360, "6m0s"), (3600, "1h0m0s"), (3725.5, "1h2m5.5s"),
 ])
 def test_openai_duration_format(seconds, text):
@@ -189,6 +189,45 @@ async def test_spend_being_written_still_counts_against_the_budget(tmp_path, clo
     finally:
         store.gate.set()
         await store.close()
+
+
+async def test_spend_kept_while_the_store_is_known_down_and_written_once_it_is_back(tmp_path, clock):
+    mono = Clock(0.0)
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # the store's directory is a regular file: every call fails
+    store = SQLiteStore(blocker / "state.sqlite3", StoreSettings(retry_seconds=5.0), clock=clock, monotonic=mono)
+    limiter = Limiter(store, clock=clock)
+    client = ClientLimits("team-a", monthly_usd=10.0, spend_key="team-a")
+    await limiter.settle(client, SONNET, TokenCounts(input=100_000), buffered=True)  # $0.30
+    await limiter.flush()  # tried and failed: dropped (it may have been written), never sent twice
+    assert len(limiter.pending) == 0
+    await limiter.settle(client, SONNET, TokenCounts(input=200_000), buffered=True)  # $0.60
+    await limiter.flush()  # within the fail-fast window: no write tried, so the row stays
+    assert limiter.pending.usd("team-a") == pytest.approx(0.60)
+    blocker.unlink()
+    mono.now = 10.0  # the window is over
+    await limiter.flush()
+    assert len(limiter.pending) == 0 and await store.month_spend("team-a", now=T0) == pytest.approx(0.60)
+    await store.close()
+
+
+async def test_stopping_mid_flush_loses_no_spend(tmp_path, clock):
+    """Shutdown cancels the once-a-second writer while it writes: the write goes on, the last flush waits for it."""
+    store = GatedSQLiteStore(tmp_path / "state.sqlite3", clock=clock)
+    limiter = Limiter(store, clock=clock)
+    a, b = (ClientLimits(n, monthly_usd=10.0, spend_key=n) for n in ("team-a", "team-b"))
+    await limiter.settle(a, SONNET, TokenCounts(input=100_000), buffered=True)
+    await limiter.settle(b, SONNET, TokenCounts(input=100_000), buffered=True)
+    writer = asyncio.ensure_future(asyncio.shield(limiter.flush()))  # as the proxy's writer loop does
+    await asyncio.wait_for(store.writing.wait(), 5)
+    writer.cancel()
+    last = asyncio.create_task(limiter.flush())
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.wait_for(last, 5)
+    for key in ("team-a", "team-b"):
+        assert await store.month_spend(key, now=T0) == pytest.approx(0.30)
+    await store.close()
 
 
 async def test_limits_from_config_keys_and_defaults():

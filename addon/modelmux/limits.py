@@ -24,6 +24,7 @@ not be recorded is logged the same way (it is lost: never retried later, never d
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import math
@@ -93,6 +94,8 @@ def duration(seconds: float) -> str:
     """OpenAI's `x-ratelimit-reset-*` format (Go's durations): "120ms", "8.64s", "1m30s", "6m0s", "1h0m0s";
     rounded up to the millisecond, so a client that waits that long finds its token."""
     ms = 0 if seconds <= 0 else math.ceil(round(seconds * 1000, 6))
+    if ms == 0:
+        return "0s"  # as Go writes a zero duration
     if ms < 1000:
         return f"{ms}ms"
     hours, rest = divmod(ms, 3_600_000)
@@ -155,6 +158,7 @@ class Limiter:
         self.clock = clock
         self.log_every = log_every or RateLimitedLog(log)
         self.pending = PendingSpend()
+        self._flushing = asyncio.Lock()
 
     def _unavailable(self, what: str, err: StateUnavailable) -> None:
         if self.on_fail_open is not None:
@@ -229,17 +233,29 @@ class Limiter:
         return Settlement(headers, usd, source, recorded)
 
     async def flush(self) -> None:
-        """Write the pending spend (a row that cannot be written is logged and dropped, never counted twice)."""
-        rows = self.pending.take()
-        try:
-            for (key, model, day), row in rows.items():
-                try:
-                    await self.store.add_spend(key, model, row.tokens, row.usd, now=row.at, requests=row.requests)
-                except StateUnavailable as err:
-                    self._unavailable("settle", err)
-                row.usd = 0.0  # written (or dropped): no longer this process's to count
-        finally:
-            self.pending.written(rows)
+        """Write the pending spend: a row whose write was tried and failed is logged and dropped (it may have been
+        written: never counted twice); while the store is known to be down, rows stay pending."""
+        async with self._flushing:  # one at a time: the last flush at shutdown waits for one under way
+            rows = self.pending.take()
+            kept: dict[tuple[str, str, str], _PendingRow] = {}
+            try:
+                while rows:
+                    slot = next(iter(rows))
+                    if self.store.known_down:  # no write would be tried: kept for the next flush
+                        kept[slot] = rows.pop(slot)
+                        continue
+                    row = rows[slot]  # still counted by `usd` while its write is under way
+                    try:
+                        await self.store.add_spend(slot[0], slot[1], row.tokens, row.usd, now=row.at,
+                                                   requests=row.requests)
+                    except StateUnavailable as err:
+                        self._unavailable("settle", err)
+                    except Exception:  # one bad row never costs the others
+                        log.exception("modelmux: spend of %s could not be written", slot[0])
+                    finally:
+                        del rows[slot]  # tried: it may have been written, so it is never sent again
+            finally:  # what was not tried is pending again
+                self.pending.put_back(rows, kept)
 
 
 @dataclass
@@ -279,8 +295,23 @@ class PendingSpend:
         self._writing.append(rows)
         return rows
 
-    def written(self, rows: dict[tuple[str, str, str], _PendingRow]) -> None:
-        self._writing.remove(rows)
+    def put_back(self, *parts: dict[tuple[str, str, str], _PendingRow]) -> None:
+        """The end of a flush: the taken rows that were not written are pending again (the rest are done)."""
+        for taken in self._writing:
+            if taken is parts[0]:
+                self._writing.remove(taken)
+                break
+        for rows in parts:
+            for slot, row in rows.items():
+                mine = self._rows.get(slot)
+                if mine is None:
+                    self._rows[slot] = row
+                    continue
+                t, m = row.tokens, mine.tokens
+                mine.tokens = TokenCounts(t.input + m.input, t.output + m.output, t.cache_write + m.cache_write,
+                                          t.cache_read + m.cache_read)
+                mine.usd += row.usd
+                mine.requests += row.requests
 
     def __len__(self) -> int:
         return len(self._rows)

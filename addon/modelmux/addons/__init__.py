@@ -24,9 +24,10 @@ def make_addons(runtime: Runtime | None = None) -> list[object]:
     translation (its answers get the rate-limit headers after it); then the count of errors answered locally; last,
     the client's credentials redacted from the flow (after every other request hook)."""
     runtime = runtime or Runtime()
+    limits = RateLimits(runtime)
     return [ConfigLoader(runtime), Exposure(runtime), ConnectionLimits(runtime), Forwarding(runtime),
-            InterceptScope(runtime), ClientAuth(runtime), RateLimits(runtime), StoredResponses(runtime),
-            LocalEndpoints(runtime), Translate(runtime), RateLimitHeaders(), LocalErrors(runtime),
+            InterceptScope(runtime), ClientAuth(runtime), limits, StoredResponses(runtime),
+            LocalEndpoints(runtime), Translate(runtime), RateLimitHeaders(limits), LocalErrors(runtime),
             RedactCredentials(runtime)]
 
 

@@ -69,7 +69,9 @@ class RateLimits:
             await asyncio.sleep(FLUSH_SECONDS)
             if self._limiter is not None and len(self._limiter.pending):
                 try:
-                    await self._limiter.flush()
+                    await asyncio.shield(self._limiter.flush())  # stopping this loop never cuts a write short
+                except asyncio.CancelledError:
+                    raise
                 except Exception:  # the writing must go on
                     log.exception("modelmux: writing spend failed")
 
@@ -98,6 +100,11 @@ class RateLimits:
     def error(self, flow: http.HTTPFlow) -> None:
         self._clients.pop(flow.id, None)  # an exchange that never started (it would have been recorded)
 
+    def forget(self, flow: http.HTTPFlow) -> None:
+        """After Translate's answer: a request answered without an exchange (a 400 from its API, a stored
+        response's read) is not charged, and its entry must not stay behind."""
+        self._clients.pop(flow.id, None)
+
     def _ended(self, flow: http.HTTPFlow, ex: Any) -> None:
         snap = self.runtime.current
         if snap is None:
@@ -123,7 +130,7 @@ class RateLimits:
     async def _finish(self) -> None:
         """At shutdown (Runtime.close, before the store closes): settle what ended, write what was spent."""
         if self._flusher is not None:
-            self._flusher.cancel()
+            self._flusher.cancel()  # a flush under way goes on (shielded); the last one below waits for it
         if self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
         if self._limiter is not None:
@@ -131,7 +138,11 @@ class RateLimits:
 
 
 class RateLimitHeaders:
-    """Puts the x-ratelimit-* headers RateLimits decided on the answer, streamed or not (after Translate)."""
+    """Puts the x-ratelimit-* headers RateLimits decided on the answer, streamed or not (after Translate), and
+    tells RateLimits when a flow's answer is complete."""
+
+    def __init__(self, limits: RateLimits | None = None):
+        self.limits = limits
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and (headers := flow.metadata.get(HEADERS)):
@@ -141,6 +152,8 @@ class RateLimitHeaders:
         if flow.response is not None and not flow.response.stream and (headers := flow.metadata.get(HEADERS)):
             for k, v in headers.items():
                 flow.response.headers.setdefault(k, v)  # a 429's own headers (retry-after) stay
+        if self.limits is not None:
+            self.limits.forget(flow)
 
 
 def _client(flow: http.HTTPFlow, config: Any) -> ClientLimits:
