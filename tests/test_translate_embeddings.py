@@ -25,7 +25,7 @@ from modelmux import cl100k
 from modelmux.config import EmbeddingLimits, parse_config
 from modelmux.translate import embeddings
 from modelmux.translate.embeddings import (
-    MAX_INPUTS, TOKEN_BUDGET_SHARE, EmbeddingsPlan, assemble, assemble_bytes, batch_error, embeddings_plan,
+    MAX_INPUTS, TOKEN_BUDGET_SHARE, EmbeddingsPlan, assemble, assemble_bytes, batch_error, batch_tokens, embeddings_plan,
     parse_embeddings_request, plan_embeddings, split, token_budget)
 from modelmux.translate.errors import OpenAIError
 from modelmux.vertex import EmbeddingRoute, Router
@@ -436,6 +436,16 @@ def test_usage_takes_vertex_counts_and_counts_itself_where_none():
     answer["predictions"][0]["embeddings"]["statistics"]["token_count"] = float("inf")
     expected = len(ENC.encode_ordinary("one two three")) + len(ENC.encode_ordinary("four"))
     assert assemble(plan, [answer])["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+
+
+def test_tokens_of_a_batch_vertex_answered_when_another_failed():
+    """What is charged when batch 2 of 2 fails: batch 1's tokens, as Vertex counted them (ours where it gave none)."""
+    plan = plan_for(input=[f"text {i}" for i in range(300)])
+    first = vertex_answer(plan.batches[0], token_count=2)
+    assert batch_tokens(plan, 0, json.dumps(first).encode()) == 500
+    del first["predictions"][0]["embeddings"]["statistics"]
+    assert batch_tokens(plan, 0, json.dumps(first).encode()) == 498 + len(ENC.encode_ordinary("text 0"))
+    assert batch_tokens(plan, 1, b"not json") == batch_tokens(plan, 1, b"[]") == 0
 
 
 JSON_STYLES = {"default": {}, "pretty": {"indent": 2}, "compact": {"separators": (",", ":")}}

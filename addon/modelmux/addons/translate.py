@@ -201,6 +201,10 @@ class Translate:
                 ex.outcome.failed_over = any(o.failed_over for o in outcomes)
             if failure is not None:
                 log.warning("modelmux: Vertex AI failed for %s: %s", ex.vertex_model, failure.message)
+                answered = {k: t.result() for k, t in enumerate(tasks)
+                            if t.done() and not t.cancelled() and t.exception() is None}
+                if answered:  # Vertex billed those: they count against the key's tokens and spend
+                    ex.tokens = Tokens(input=ex.call.partial_tokens(answered))
                 return error_response(failure)
             bodies = [t.result() for t in tasks]
             if ex.capture is not None:

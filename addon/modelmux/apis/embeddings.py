@@ -17,7 +17,7 @@ from typing import Any
 from mitmproxy import http
 
 from ..exchange import Exchange, Tokens
-from ..translate.embeddings import EmbeddingsPlan, assemble_bytes, batch_error, embeddings_plan
+from ..translate.embeddings import EmbeddingsPlan, assemble_bytes, batch_error, batch_tokens, embeddings_plan
 from ..translate.errors import OpenAIError
 from .base import Client, Prepared
 
@@ -33,6 +33,10 @@ class EmbeddingsCall:
     def batch_error(self, k: int, status: int, body: bytes, headers: dict[str, str], region: str | None
                     ) -> OpenAIError:
         return batch_error(self.plan, k, status, body, headers, region=region)
+
+    def partial_tokens(self, answered: dict[int, bytes]) -> int:
+        """What the batches Vertex did answer cost, when another failed."""
+        return sum(batch_tokens(self.plan, k, body) for k, body in answered.items())
 
     async def assemble(self, ex: Exchange, bodies: list[bytes]) -> http.Response:
         big = sum(len(b) for b in bodies) > OFF_LOOP_BYTES

@@ -361,6 +361,28 @@ def assemble(plan: EmbeddingsPlan, answers: Sequence[Any]) -> dict[str, Any]:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
+def batch_tokens(plan: EmbeddingsPlan, k: int, answer: bytes) -> int:
+    """The input tokens Vertex billed for batch `k` (its 2xx answer): charged even when another batch failed and
+    the client got an error. Vertex's counts, ours where it gave none; 0 for an answer that does not parse."""
+    try:
+        predictions = json.loads(answer).get("predictions")
+    except (ValueError, AttributeError):
+        return 0
+    texts = plan.batches[k]["instances"]
+    tokens = 0
+    enc = None
+    for j, pred in enumerate(predictions if isinstance(predictions, list) else []):
+        emb = pred.get("embeddings") if isinstance(pred, dict) else None
+        stats = emb.get("statistics") if isinstance(emb, dict) else None
+        count = stats.get("token_count") if isinstance(stats, dict) else None
+        if type(count) in (int, float) and 0 <= count < 1e15:
+            tokens += int(count)
+        elif j < len(texts):
+            enc = enc or cl100k.encoding()
+            tokens += len(enc.encode_ordinary(texts[j]["content"]))
+    return tokens
+
+
 def batch_error(plan: EmbeddingsPlan, k: int, status: int, content: bytes, headers: dict[str, str] | None = None,
                 *, region: str | None = None) -> OpenAIError:
     """A non-2xx Vertex answer to batch k → the OpenAI error for the whole request (as for chat: a 429 stays a 429
