@@ -233,6 +233,46 @@ async def test_pain27_client_keys_gate_every_endpoint(tmp_path):
         assert f.response is None
 
 
+async def test_a_key_that_is_not_utf8_is_refused_not_waved_through(tmp_path):
+    """`Authorization: Bearer \\xff` (mitmproxy keeps such bytes as surrogates): a 401, never a hook's crash that
+    mitmproxy would log and pass over — the next addons would serve the request without any key."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + "security: {client_keys: [mm-key-1]}\n")
+    addons = make_addons(Runtime())
+    with taddons.context(Proxyserver(), *addons) as tctx:
+        tctx.configure(addons[0], listen_host="127.0.0.1", confdir=str(tmp_path), modelmux_config=str(path))
+        for path_, method, body in [("/v1/models", "GET", b""), ("/v1/chat/completions", "POST", CHAT)]:
+            f = make_flow(path=path_, method=method, body=body)
+            f.request.headers.fields = ((b"authorization", b"Bearer \xffmm-key-1"),
+                                        (b"content-type", b"application/json"))
+            await run_request(addons, f)
+            assert f.response.status_code == 401, f.response.text
+            assert f.request.host == "api.openai.com"
+
+
+async def test_a_request_hook_that_fails_answers_500_and_nothing_goes_on():
+    from modelmux.addons.guard import fail_closed
+
+    class Broken:
+        @fail_closed
+        def request(self, flow):
+            raise RuntimeError("a bug")
+
+        @fail_closed
+        async def http_connect(self, flow):
+            raise KeyError("another")
+
+    f = make_flow()
+    Broken().request(f)
+    assert f.response.status_code == 500
+    err = json.loads(f.response.content)
+    validate_error(err)
+    assert err["error"]["type"] == "server_error" and "a bug" not in f.response.text
+    f = make_flow(method="CONNECT")
+    await Broken().http_connect(f)
+    assert f.response.status_code == 500
+
+
 async def run_response(addons, flow):
     for a in addons:
         if hasattr(a, "response"):

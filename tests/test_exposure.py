@@ -260,5 +260,27 @@ def test_a_loopback_listener_forwards_to_loopback_as_before(tmp_path):
     assert "anyone who reaches it" not in proc.output()
 
 
+def test_a_client_key_that_is_not_utf8_is_a_401(tmp_path):
+    """A real `modelmux run` with client keys, a key sent as raw non-UTF-8 bytes: refused, never served."""
+    config = tmp_path / "c.yaml"
+    config.write_text(BASE + "security: {client_keys: [mm-key-utf8-1]}\n")
+    port = procs.free_port()
+    proc = procs.Proc(modelmux_argv(config, tmp_path / "confdir", "--mode", f"reverse:https://api.openai.com@{port}"),
+                      procs.PROXY_READY, cwd=procs.ROOT)
+    try:
+        procs.wait_port(port)
+        for key in (b"\xff", b"mm-key-utf8-1\xfe", b"\xc3"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET /v1/models HTTP/1.1\r\nhost: api.openai.com\r\nauthorization: Bearer " + key +
+                          b"\r\nconnection: close\r\n\r\n")
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            assert b'"invalid_api_key"' in answer
+    finally:
+        proc.stop()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -389,7 +389,7 @@ class SecurityConfig(_Strict):
     def client_for(self, presented: str) -> ClientKey | None:
         """The entry whose key the client presented (compared in constant time with every key), else None."""
         found = None
-        given = presented.encode()
+        given = presented.encode("utf-8", "surrogateescape")  # mitmproxy keeps a header's non-UTF-8 bytes so
         for entry in self._clients:
             if hmac.compare_digest(given, entry.key.encode()):
                 found = entry

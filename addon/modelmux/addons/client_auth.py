@@ -17,6 +17,7 @@ from mitmproxy import http
 
 from ..apis.answers import error_response
 from ..translate.errors import OpenAIError
+from .guard import fail_closed
 from .runtime import Runtime
 from .scope import is_ours
 
@@ -33,6 +34,7 @@ class ClientAuth:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
         if flow.response or snap is None or not snap.config.security.client_keys:

@@ -32,6 +32,7 @@ from mitmproxy import connection, ctx, http, tcp
 from .. import mitm_patches, workers
 from ..translate.errors import OpenAIError
 from ..apis.answers import error_response
+from .guard import fail_closed
 from .runtime import Runtime
 from .scope import is_ours
 
@@ -210,6 +211,7 @@ class ConnectionLimits:
         self._closed_peers.discard(client.peername)
 
     # requests
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.deadlines.request_headers(flow.client_conn.id, flow.id)
         snap = self.runtime.current
@@ -235,6 +237,7 @@ class ConnectionLimits:
             return mitm_patches.Verdict.REFUSED
         return mitm_patches.Verdict.KEEP
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         self._capped.pop(flow.id, None)
         self.deadlines.request_complete(flow.client_conn.id, flow.id)

@@ -31,6 +31,7 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from ..config import SecurityConfig
+from .guard import fail_closed
 from .exposure import FORWARDING_MODES, exposed
 from .runtime import Runtime
 from .scope import is_ours
@@ -93,6 +94,7 @@ class Forwarding:
         snap = self.runtime.current
         return snap is not None and host.lower() in snap.intercept_hosts
 
+    @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self._guarded(flow.client_conn.proxy_mode) or self._intercepted(flow.request.host):
             return
@@ -100,6 +102,7 @@ class Forwarding:
         if reason:
             flow.response = refusal(reason)
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or not self._guarded(flow.client_conn.proxy_mode):
             return

@@ -21,6 +21,7 @@ from ..apis import BY_PATH
 from ..apis.answers import error_response, json_response
 from ..metrics import CONTENT_TYPE as METRICS_TYPE
 from ..translate.errors import OpenAIError, model_not_found, not_found_path
+from .guard import fail_closed
 from .runtime import Runtime
 from .scope import is_ours, route_path
 
@@ -38,6 +39,7 @@ class LocalEndpoints:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
         if flow.response or snap is None or not is_ours(flow, snap.intercept_hosts):

@@ -27,6 +27,7 @@ from ..apis import BY_PATH
 from ..apis.answers import error_response
 from ..limits import ClientLimits, Limiter
 from ..pricing import tokens_from_anthropic
+from .guard import fail_closed
 from .client_auth import KEY_NAME
 from .runtime import Runtime
 from .scope import is_ours, route_path
@@ -80,6 +81,7 @@ class RateLimits:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
+    @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
         if flow.response or snap is None or flow.request.method != "POST" or not is_ours(flow, snap.intercept_hosts):

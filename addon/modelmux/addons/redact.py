@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from .guard import fail_closed
 from .runtime import Runtime
 from .scope import is_ours
 
@@ -26,6 +27,7 @@ class RedactCredentials:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
         if snap is None or not is_ours(flow, snap.intercept_hosts):

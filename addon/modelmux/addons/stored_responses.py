@@ -24,6 +24,7 @@ from ..limits import unavailable_error
 from ..state import InvalidArgument, StateUnavailable
 from ..translate.errors import OpenAIError, invalid_request
 from ..translate.responses.response import public_items, without_encrypted
+from .guard import fail_closed
 from .client_auth import KEY_NAME
 from .runtime import Runtime
 from .scope import is_ours, route_path
@@ -44,6 +45,7 @@ class StoredResponses:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
+    @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
         if flow.response or snap is None or not is_ours(flow, snap.intercept_hosts):

@@ -42,6 +42,7 @@ from ..translate.errors import OpenAIError, from_upstream
 from ..translate.request import vertex_body_bytes
 from ..translate.stream import message_as_events
 from ..upstream import PLAN_HEADER, USER_AGENT, Answer, Outcome, Plan
+from .guard import fail_closed
 from .client_auth import KEY_NAME
 from .runtime import Runtime, Snapshot
 from .scope import is_ours, route_path, sent_to_listener
@@ -64,6 +65,7 @@ class Translate:
 
     # --- request ------------------------------------------------------------------------------------------
 
+    @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         snap = self.runtime.current
         if flow.response or snap is None or flow.request.method != "POST":
