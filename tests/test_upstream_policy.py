@@ -47,6 +47,23 @@ def test_pain24_circuit_opens_after_a_burst_and_half_opens_after_cooldown():
     assert not b.is_open("us-east5") and b.state() == {}
 
 
+def test_a_trial_never_heard_of_again_expires_after_a_cooldown():
+    """Its client left, a bug: the region is not left open for good."""
+    clock = Clock()
+    b = CircuitBreaker(CircuitBreakerConfig(failures=1, window_seconds=10, cooldown_seconds=30), clock)
+    b.failure("us-east5")
+    clock.now += 31
+    b.attempt("us-east5")  # a trial goes … and nothing is heard of it
+    assert b.is_open("us-east5")
+    clock.now += 29
+    assert b.is_open("us-east5")
+    clock.now += 2
+    assert not b.is_open("us-east5")  # another trial may go
+    b.attempt("us-east5")
+    b.release("us-east5")  # it ended saying nothing of the region (a 404, a refused token)
+    assert not b.is_open("us-east5")
+
+
 def test_failures_outside_the_window_do_not_add_up():
     clock = Clock()
     b = CircuitBreaker(CircuitBreakerConfig(failures=2, window_seconds=5, cooldown_seconds=30), clock)

@@ -8,7 +8,7 @@ import json
 from test_upstream_http import Server, ok
 
 from modelmux.auth import TokenProvider
-from modelmux.config import AuthConfig, RetryConfig, TimeoutsConfig
+from modelmux.config import AuthConfig, CircuitBreakerConfig, RetryConfig, TimeoutsConfig
 from modelmux.upstream import Plan, Relay
 
 RETRIES = RetryConfig(max_attempts=3, backoff_initial_seconds=0.001, backoff_max_seconds=0.002)
@@ -75,6 +75,34 @@ async def test_a_second_401_is_the_answer():
         p = plan(vertex.url, CountingTokens())
         answer = await relay.fetch(p)
     assert answer.status == 401 and p.outcome.attempts == 1
+    await relay.stop()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+async def test_a_trial_answered_2xx_closes_the_circuit_and_one_answered_404_frees_it():
+    """After the cooldown, the relay's first 2xx from the region closes its circuit (it had stayed half-open for
+    good: an answered call never told the breaker); a trial answered 404 lets the next request try again."""
+    relay = Relay(CircuitBreakerConfig(failures=1, window_seconds=10, cooldown_seconds=30))
+    clock = Clock()
+    relay.breaker.clock = clock
+    relay.breaker.failure("us-east5")
+    assert relay.breaker.is_open("us-east5")
+    clock.now += 31
+    not_here = {"error": {"code": 404, "message": "Publisher model not found", "status": "NOT_FOUND"}}
+    async with Server([(status(404, not_here), False), (ok(b'{"id": "msg_1"}'), False)]) as vertex:
+        answer = await relay.fetch(plan(vertex.url, CountingTokens()))
+        assert answer.status == 404
+        assert not relay.breaker.is_open("us-east5")  # the 404 said nothing of its health: free for a trial
+        answer = await relay.fetch(plan(vertex.url, CountingTokens()))
+        assert answer.status == 200
+    assert relay.breaker.state() == {}  # closed
     await relay.stop()
 
 

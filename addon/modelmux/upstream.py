@@ -226,6 +226,13 @@ class Relay:
         """Attempts until the policy stops: the answer to pass on, or None with `plan.outcome.error` set."""
         assert self._client is not None
         policy = RetryPolicy(plan.retries, list(plan.urls), self.breaker, self.rng)
+        try:
+            return await self._attempts(plan, policy)
+        except BaseException:  # the client left (cancelled), a bug: a trial it held must not hold the region
+            self.breaker.release(plan.outcome.region or "")
+            raise
+
+    async def _attempts(self, plan: Plan, policy: RetryPolicy) -> Response | None:
         outcome = plan.outcome
         region = policy.first()
         answer: Response | None = None
@@ -235,6 +242,7 @@ class Relay:
                 token = await plan.tokens.token()
             except AuthError as err:
                 outcome.error = credentials_unavailable(str(err))
+                self.breaker.release(region)
                 return None
             headers = {"authorization": f"Bearer {token}", "content-type": "application/json",
                        "accept": "text/event-stream" if plan.stream else "application/json",
@@ -258,6 +266,7 @@ class Relay:
                 kind = classify(status)
                 outcome.error = None
                 if kind == ANSWERED:
+                    policy.after(kind, status=status)  # tells the breaker: a trial that got here closes it
                     resp.idle_seconds = plan.timeouts.idle_seconds  # from now on: the gap between events
                     return resp
                 try:

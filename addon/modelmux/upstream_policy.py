@@ -59,20 +59,27 @@ def backoff_delay(attempt: int, cfg: RetryConfig, retry_after: float | None, rng
 
 class CircuitBreaker:
     """Per-region health. Closed: used. Open (too many recent failures): skipped until the cooldown ends, then
-    one trial request (half-open) closes it again on success or reopens it on failure."""
+    one trial request (half-open) closes it again on success or reopens it on failure. A trial that ends neither
+    way (its client left, the region answered 404 or refused the token) frees the region for the next trial;
+    one that is never heard of again expires after a cooldown, so a region is never left open for good."""
 
     def __init__(self, cfg: CircuitBreakerConfig, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._open_until: dict[str, float] = {}
-        self._trial: set[str] = set()
+        self._trial: dict[str, float] = {}  # region → when its trial began
+
+    def _trial_running(self, region: str, now: float) -> bool:
+        began = self._trial.get(region)
+        return began is not None and now - began < self.cfg.cooldown_seconds
 
     def is_open(self, region: str) -> bool:
         until = self._open_until.get(region)
         if until is None:
             return False
-        if self.clock() >= until and region not in self._trial:
+        now = self.clock()
+        if now >= until and not self._trial_running(region, now):
             return False  # cooldown over: a trial may go
         return True
 
@@ -81,13 +88,18 @@ class CircuitBreaker:
         return [r for r in regions if not self.is_open(r)] + [r for r in regions if self.is_open(r)]
 
     def attempt(self, region: str) -> None:
-        if region in self._open_until and self.clock() >= self._open_until[region]:
-            self._trial.add(region)
+        now = self.clock()
+        if region in self._open_until and now >= self._open_until[region] and not self._trial_running(region, now):
+            self._trial[region] = now
+
+    def release(self, region: str) -> None:
+        """The attempt ended saying nothing of the region's health: another may try it."""
+        self._trial.pop(region, None)
 
     def success(self, region: str) -> None:
         self._failures.pop(region, None)
         self._open_until.pop(region, None)
-        self._trial.discard(region)
+        self._trial.pop(region, None)
 
     def failure(self, region: str) -> None:
         now = self.clock()
@@ -99,7 +111,7 @@ class CircuitBreaker:
             if region not in self._open_until or region in self._trial:
                 log.warning("modelmux: circuit open for region %s for %.0f s", region, self.cfg.cooldown_seconds)
             self._open_until[region] = now + self.cfg.cooldown_seconds
-            self._trial.discard(region)
+            self._trial.pop(region, None)
             recent.clear()
 
     def state(self) -> dict[str, str]:
@@ -144,6 +156,7 @@ class RetryPolicy:
         region = self._regions[self._at]
         if outcome == UNAUTHORIZED:
             if self._refreshed:
+                self.breaker.release(region)
                 return STOP  # a fresh token was refused too: the 401 is the answer
             self._refreshed = True
             self.attempts -= 1  # the refused token's attempt does not count: the same attempt again
@@ -151,8 +164,11 @@ class RetryPolicy:
         if outcome == ANSWERED:
             if status is None or status < 500:  # a final 5xx (501, …) says nothing good about the region
                 self.breaker.success(region)
+            else:
+                self.breaker.release(region)
             return STOP
         if outcome == NOT_IN_REGION:
+            self.breaker.release(region)
             if self._at + 1 >= len(self._regions) or self.attempts >= self.cfg.max_attempts:
                 return STOP
             self._at += 1  # not offered there: another region may have it; no mark against this one's health
