@@ -23,6 +23,11 @@ async def test_static_token_needs_no_network():
     assert await TokenProvider(AuthConfig(), environ={"MODELMUX_ACCESS_TOKEN": "from-env"}).token() == "from-env"
 
 
+async def test_a_static_token_from_a_mounted_secret_loses_its_newline():
+    assert await TokenProvider(AuthConfig(access_token="ya29.static\n")).token() == "ya29.static"
+    assert await TokenProvider(AuthConfig(), {"MODELMUX_ACCESS_TOKEN": " ya29.env\r\n"}).token() == "ya29.env"
+
+
 async def test_concurrent_requests_share_one_refresh(short_lived, monkeypatch):
     # a proxy variable pointing nowhere (as when HTTPS_PROXY names modelmux itself): token requests ignore it
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")

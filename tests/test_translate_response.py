@@ -123,3 +123,16 @@ def test_pain12_prose_beside_a_json_answer_never_reaches_content():
     refused = to_openai_response({**MSG, "stop_reason": "end_turn", "content": [{"type": "text", "text": "I won't."}]},
                                  shape)["choices"][0]["message"]
     assert refused["content"] is None and refused["refusal"] == "I won't."
+
+
+def test_odd_upstream_error_answers_still_become_openai_errors():
+    """A retry-after too large for a float's int, a gzip body that is corrupt or a bomb: an error, never a crash."""
+    import gzip as gz
+
+    from modelmux.translate.errors import decode_body, from_upstream
+    huge = from_upstream(429, b"{}", {"retry-after": "1e308"})
+    assert huge.status == 429 and huge.headers == {"retry-after": "86400", "retry-after-ms": "86400000"}
+    for body in (b"\x1f\x8b\x08garbage", gz.compress(b" " * (8 << 20))):
+        err = from_upstream(503, body, {"content-encoding": "gzip"})
+        assert err.status == 503 and err.type == "server_error"
+    assert decode_body(gz.compress(b'{"error": {"message": "m"}}')) == {"error": {"message": "m"}}

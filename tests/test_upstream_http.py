@@ -300,3 +300,14 @@ def test_a_gzip_bomb_from_vertex_is_an_openai_502_and_the_proxy_never_holds_it(t
     assert r.json()["error"]["type"] == "server_error" and "bomb-test-token" not in json.dumps(r.json())
     assert grown < 30, f"peak RSS grew by {grown:.0f} MB"
     report.add(f"gzip bomb (256 kB → 256 MiB) against an 8 MiB cap: 502, proxy peak RSS +{grown:.1f} MB")
+
+
+async def test_a_header_value_h11_refuses_is_an_upstream_error_that_never_quotes_it():
+    async with Server([(ok(b"{}"), False)]) as vertex:
+        client = UpstreamClient()
+        with pytest.raises(UpstreamError) as err:
+            await client.post(vertex.url, {"authorization": "Bearer ya29.secret\n"}, b"{}", connect_seconds=2,
+                              first_byte_seconds=2)
+        assert "authorization" in str(err.value) and "ya29" not in str(err.value)
+        assert vertex.connections == 0
+        await client.aclose()

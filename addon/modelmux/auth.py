@@ -98,7 +98,8 @@ def _expiry_to_monotonic(expiry: datetime.datetime | None) -> float | None:
 class TokenProvider:
     def __init__(self, config: AuthConfig, environ: dict[str, str] | None = None):
         env = os.environ if environ is None else environ
-        static = config.access_token or env.get(STATIC_TOKEN_ENV) or None
+        # a secret mounted as an env var or file often ends in a newline: never part of a header value
+        static = (config.access_token or env.get(STATIC_TOKEN_ENV) or "").strip() or None
         self._static = Token(static, None) if static else None
         self._credentials_file = config.credentials_file
         self._credentials: google.auth.credentials.Credentials | None = None

@@ -210,7 +210,11 @@ class Relay:
         """Make the call (with retries) and relay the answer."""
         self.counters.active += 1
         try:
-            resp = await self._call(plan)
+            try:
+                resp = await self._call(plan)
+            except Exception as bug:  # nothing sent yet: the client gets an OpenAI error, not mitmproxy's page
+                log.error("modelmux: the relay failed before Vertex answered (%s)", type(bug).__name__)
+                resp, plan.outcome.error = None, upstream_broken(type(bug).__name__)
             if resp is None:
                 err = plan.outcome.error
                 await _send(writer, conn, err.status, {"content-type": "application/json"}, err.body_bytes())

@@ -32,6 +32,10 @@ class UpstreamError(Exception):
     """The call failed: no connection, or the answer broke off or was not HTTP."""
 
 
+def _valid_header_value(value: str) -> bool:
+    return value == value.strip() and not any(c in value for c in "\r\n\0")
+
+
 class ConnectTimeout(UpstreamError):
     pass
 
@@ -206,8 +210,13 @@ class UpstreamClient:
         scheme = parts.scheme
         origin = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        request = h11.Request(method="POST", target=target,
-                              headers=[("host", parts.netloc), *headers.items(), ("content-length", str(len(body)))])
+        try:
+            request = h11.Request(method="POST", target=target, headers=[("host", parts.netloc), *headers.items(),
+                                                                         ("content-length", str(len(body)))])
+        except h11.LocalProtocolError:  # its message quotes the header, the token maybe: never passed on
+            names = [k for k, v in headers.items() if not _valid_header_value(v)]
+            raise UpstreamError(f"the request to Vertex AI has an invalid header value ({', '.join(names) or '?'})"
+                                ) from None
         conn = self._pop(origin)
         reused = conn is not None
         while True:

@@ -7,10 +7,13 @@ OpenAI's for the same condition: a 429 stays a 429 (the seed turned it into a 50
 
 from __future__ import annotations
 
-import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+MAX_ERROR_BODY = 1 << 20  # bytes an upstream error body is decoded to at most (gzip)
+MAX_RETRY_AFTER = 86400.0  # seconds: longer upstream retry-after values are passed on as a day
 
 
 @dataclass(eq=False)  # not frozen: raising sets __traceback__
@@ -113,9 +116,12 @@ def decode_body(content: bytes, content_encoding: str | None = None) -> Any:
     """Parse an upstream error body: JSON, maybe gzip (real Vertex 429s sometimes are). None if unreadable."""
     data = content
     if (content_encoding and "gzip" in content_encoding.lower()) or data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError):
+        try:  # bounded: an error body is small, a bomb is not decoded whole
+            inflate = zlib.decompressobj(wbits=31)
+            data = inflate.decompress(data, MAX_ERROR_BODY)
+            if inflate.unconsumed_tail:
+                return None
+        except (OSError, EOFError, zlib.error):
             return None
     try:
         return json.loads(data)
@@ -189,4 +195,6 @@ def retry_after_seconds(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None  # an HTTP-date: rare from Google; let the SDK's own backoff decide
-    return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)  # a huge value still means "later", never an overflow
