@@ -50,10 +50,29 @@ def test_which_listeners_are_an_open_proxy():
     assert not problem(open_, ["regular@127.0.0.2:8080"], "0.0.0.0", None)  # the mode's own loopback address
     assert not problem(open_, ["reverse:https://api.openai.com"], "0.0.0.0", None)  # forwards only the API
     assert not problem(open_, ["regular"], "0.0.0.0", "user:secret")
-    assert not problem(SecurityConfig(proxy_auth="user:secret"), ["regular"], "0.0.0.0", None)
+    # a configuration's proxy_auth counts while it is about to be applied; once running, only what is in effect
+    assert not problem(SecurityConfig(proxy_auth="user:secret"), ["regular"], "0.0.0.0", None, pending=True)
+    assert problem(SecurityConfig(proxy_auth="user:secret"), ["regular"], "0.0.0.0", None)
     assert not problem(SecurityConfig(allow_unauthenticated_proxy=True), ["regular"], "0.0.0.0", None)
     assert "security.proxy_auth" in problem(open_, ["regular"], "0.0.0.0", None)
     assert is_loopback_bind("::1") and not is_loopback_bind("") and not is_loopback_bind("no-such-host.invalid")
+
+
+def test_a_proxy_auth_mitmproxy_cannot_apply_is_refused_with_the_configuration(tmp_path):
+    """An Apache-default ($apr1$) htpasswd file, a malformed spec: refused at load, never left silently open."""
+    from modelmux.addons.exposure import check_proxy_auth
+    from modelmux.config import ConfigError
+    apr1 = tmp_path / "htpasswd"
+    apr1.write_text("alice:$apr1$Qn5wEqCz$6rJ3Ctkm3R.9p/vj3cJqL1\n")
+    bcrypt = tmp_path / "htpasswd-bcrypt"
+    bcrypt.write_text("alice:$2y$05$wTn1Qm8v8d5yHn3kNSCuCeBpSi.bxkUJ2KctVdYKu4i9HDq4Hvq7W\n")
+    for spec in (f"@{apr1}", "no-colon", "any", "ldap:only:two", "ldaps:host:u:pw-ldap-7:dc=x?bad=1"):
+        with pytest.raises(ConfigError) as err:
+            check_proxy_auth(spec)
+        assert "pw-ldap-7" not in str(err.value)
+    check_proxy_auth(f"@{bcrypt}")
+    check_proxy_auth("user:secret")
+    check_proxy_auth("ldap:ldap.example:cn=admin:pw:dc=example")
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "::ffff:10.1.2.3",
@@ -135,6 +154,19 @@ def test_an_exposed_proxy_without_authentication_is_refused_at_start(ns, tmp_pat
     assert code != 0, output
     assert "refusing to run an open proxy" in output and "security.proxy_auth" in output
     assert "security.allow_unauthenticated_proxy: true" in output and "--listen-host 127.0.0.1" in output
+
+
+def test_an_exposed_proxy_whose_htpasswd_mitmproxy_cannot_read_is_refused_at_start(ns, tmp_path):
+    """Apache's default htpasswd ($apr1$): mitmproxy would refuse it and run with no authentication at all."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:$apr1$Qn5wEqCz$6rJ3Ctkm3R.9p/vj3cJqL1\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(BASE + f"security: {{proxy_auth: '@{htpasswd}'}}\n")
+    argv = modelmux_argv(config, tmp_path / "confdir", "--listen-host", "0.0.0.0", "--listen-port",
+                         str(procs.free_port()))
+    code, output = run_to_exit(ns.argv(argv))
+    assert code != 0, output
+    assert "security.proxy_auth" in output and "htpasswd" in output
 
 
 def internal_service() -> tuple[int, list[str]]:

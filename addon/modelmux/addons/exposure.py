@@ -22,6 +22,7 @@ import os
 import socket
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.addons.proxyauth import Htpasswd, Ldap, SingleUser
 from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode, Socks5Mode, UpstreamMode
 
 from .. import mitm_patches
@@ -68,14 +69,35 @@ def exposed_forwarding(modes: list[str], listen_host: str) -> list[str]:
     return out
 
 
-def authenticated(security: SecurityConfig, proxyauth: str | None) -> bool:
-    return bool(security.proxy_auth) or bool(proxyauth and proxyauth != "any")
+def authenticated(security: SecurityConfig, proxyauth: str | None, *, pending: bool = False) -> bool:
+    """Whether mitmproxy's `proxyauth` in effect authenticates; `pending`: a configuration not yet installed,
+    whose (checked) security.proxy_auth is about to become it."""
+    return bool(proxyauth and proxyauth != "any") or (pending and bool(security.proxy_auth))
 
 
-def problem(security: SecurityConfig, modes: list[str], listen_host: str, proxyauth: str | None) -> str | None:
+def check_proxy_auth(spec: str) -> None:
+    """Raises ConfigError unless mitmproxy will take `spec` as its proxyauth (its own parsers; an htpasswd file in
+    a format it cannot read — Apache's default $apr1$ — is refused here, not silently left unapplied). The
+    message never holds the password."""
+    try:
+        if spec.startswith("@"):
+            Htpasswd(spec)
+        elif spec.startswith("ldap"):
+            Ldap.parse_spec(spec)  # the server is reached when it is applied
+        elif spec == "any" or ":" not in spec:
+            raise exceptions.OptionsError("it must be user:password, @htpasswd-file or an ldap[s]: specification")
+        else:
+            SingleUser(spec)
+    except exceptions.OptionsError as err:
+        what = "invalid LDAP specification" if spec.startswith("ldap") else str(err)
+        raise ConfigError(f"security.proxy_auth: {what}") from None
+
+
+def problem(security: SecurityConfig, modes: list[str], listen_host: str, proxyauth: str | None, *,
+            pending: bool = False) -> str | None:
     """Why this combination must not start, or None."""
     listeners = exposed_forwarding(modes, listen_host)
-    if not listeners or authenticated(security, proxyauth) or security.allow_unauthenticated_proxy:
+    if not listeners or authenticated(security, proxyauth, pending=pending) or security.allow_unauthenticated_proxy:
         return None
     return (f"refusing to run an open proxy: {', '.join(listeners)} would forward anyone who reaches it to any "
             "address. Listen on loopback (--listen-host 127.0.0.1), or require proxy authentication "
@@ -101,12 +123,14 @@ class Exposure:
         modes, host, auth = self._options()
         if auth == self._applied_auth:  # ours, from the configuration being replaced
             auth = None
-        if reason := problem(config.security, modes, host, auth):
-            self._refused(reason)
-            raise ConfigError(reason)
         spec = config.security.proxy_auth or ""
         if spec.startswith("@") and not os.access(os.path.expanduser(spec[1:]), os.R_OK):
             raise ConfigError(f"security.proxy_auth: cannot read the htpasswd file {spec[1:]}")
+        if spec:
+            check_proxy_auth(spec)
+        if reason := problem(config.security, modes, host, auth, pending=True):
+            self._refused(reason)
+            raise ConfigError(reason)
 
     def _follow(self, snap: Snapshot) -> None:
         """A configuration installed: its security.proxy_auth becomes mitmproxy's proxyauth."""
@@ -121,8 +145,13 @@ class Exposure:
     def _set_auth(self, value: str | None) -> None:
         try:
             ctx.options.update(proxyauth=value)
-        except exceptions.OptionsError as err:  # mitmproxy's own check of the spec: the previous one stays
-            log.error("modelmux: security.proxy_auth not applied: %s", err)
+        except Exception as err:  # mitmproxy refused it after all (an LDAP server that cannot be reached, …)
+            log.error("modelmux: security.proxy_auth not applied (%s)", type(err).__name__)
+            modes, host, auth = self._options()
+            if reason := problem(SecurityConfig(), modes, host, auth):
+                # exposed without the authentication the configuration asks for: serve no one rather than anyone
+                log.error("modelmux: %s", reason)
+                mitm_patches.HOOKS.refuse_all = reason
             return
         self._applied_auth = value
 
@@ -130,9 +159,17 @@ class Exposure:
         snap = self.runtime.current
         if not (_WATCHED_OPTIONS & set(updated)):
             return
+        if snap is None and self.runtime.start_error:
+            # the configuration was refused at start: that error is the one to report (mitmproxy rolls the
+            # options back to exit on it); an exposed listener still serves no one meanwhile
+            if reason := problem(SecurityConfig(), *self._options()):
+                self._refused(reason)
+            return
         security = snap.config.security if snap is not None else SecurityConfig()
         modes, host, auth = self._options()
-        if reason := problem(security, modes, host, auth):
+        # what is in effect counts, not what the configuration asks for (`--set proxyauth=` at run time)
+        pending = snap is not None and security.proxy_auth is not None and self._applied_auth is None
+        if reason := problem(security, modes, host, auth, pending=pending):
             self._refused(reason)
             raise exceptions.OptionsError(f"modelmux: {reason}")
         self._warn()
