@@ -89,3 +89,25 @@ async def test_an_inactive_modelmux_touches_nothing():
         f = make_flow()
         await run_request(addons, f)
     assert f.request.headers["api-key"] == KEY
+
+
+async def test_a_flow_that_ends_before_its_request_phase_keeps_no_credential(chain):
+    """The client left mid-body (or timed out): mitmproxy's `save` writes the flow from `error`."""
+    f = make_flow(path="/v1/chat/completions", method="POST")
+    for a in chain:
+        if hasattr(a, "error"):
+            a.error(f)
+    assert all(f.request.headers[name.decode()] == REDACTED for name, _ in CREDENTIALS)
+
+
+async def test_the_proxy_password_mitmproxy_notes_on_a_flow_is_not_kept(chain):
+    """mitmproxy's proxyauth puts (user, password) in the flow's metadata; a saved flow would hold it."""
+    for hook in ("http_connect", "request"):
+        f = make_flow(host="example.com")  # any flow, ours or not
+        f.metadata["proxyauth"] = ("alice", "pw-proxy-secret-3")
+        for a in chain:
+            if hasattr(a, hook):
+                result = getattr(a, hook)(f)
+                if inspect.isawaitable(result):
+                    await result
+        assert f.metadata["proxyauth"] == ("alice", REDACTED), hook
