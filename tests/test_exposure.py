@@ -169,6 +169,15 @@ def test_an_exposed_proxy_whose_htpasswd_mitmproxy_cannot_read_is_refused_at_sta
     assert "security.proxy_auth" in output and "htpasswd" in output
 
 
+def test_stream_large_bodies_is_refused_it_would_send_bodies_on_before_modelmux_sees_them(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(BASE)
+    code, output = run_to_exit(modelmux_argv(config, tmp_path / "confdir", "--listen-port", str(procs.free_port()),
+                                             "--set", "stream_large_bodies=5m"))
+    assert code != 0 and "stream_large_bodies cannot be used with modelmux" in output, output
+    assert "open proxy" not in output  # the options' rollback reports nothing of its own
+
+
 def internal_service() -> tuple[int, list[str]]:
     """An HTTP server on the namespace's loopback — what an exposed proxy must not let anyone reach."""
     seen: list[str] = []

@@ -71,8 +71,6 @@ class ConfigLoader:
             try:
                 self._apply(load_config(path), path)
             except ConfigError as err:
-                if self.runtime.current is None:
-                    self.runtime.start_error = str(err)
                 raise exceptions.OptionsError(f"modelmux: {err}") from None
             self.path, self._stamp = path, stamp
 

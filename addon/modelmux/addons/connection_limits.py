@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mitmproxy import connection, ctx, http, tcp
+from mitmproxy import connection, ctx, exceptions, http, tcp
 
 from .. import mitm_patches, workers
 from ..translate.errors import OpenAIError
@@ -165,6 +165,12 @@ class ConnectionLimits:
             pass
 
     def configure(self, updated) -> None:
+        if ctx.options.stream_large_bodies and self.runtime.current is not None:
+            # mitmproxy would stream such a request body on before any request hook of modelmux ran: to
+            # api.openai.com, with the app's key, past the client-key check
+            raise exceptions.OptionsError(
+                "modelmux: stream_large_bodies cannot be used with modelmux: a large request body would go on "
+                "before modelmux sees it; bounds.max_request_bytes bounds request bodies instead")
         self._apply()
 
     def running(self) -> None:

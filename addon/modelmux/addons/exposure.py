@@ -111,6 +111,7 @@ class Exposure:
         self._applied_auth: str | None = None  # the proxyauth value this addon set (from security.proxy_auth)
         self._warned: tuple | None = None
         self._running = False
+        self._rolling_back = False
         runtime.checks.append(self._check_config)
         runtime.installed.append(self._follow)
 
@@ -157,12 +158,13 @@ class Exposure:
 
     def configure(self, updated) -> None:
         snap = self.runtime.current
+        rolling_back, self._rolling_back = self._rolling_back, False
         if not (_WATCHED_OPTIONS & set(updated)):
             return
-        if snap is None and self.runtime.start_error:
-            # the configuration was refused at start: that error is the one to report (mitmproxy rolls the
-            # options back to exit on it); an exposed listener still serves no one meanwhile
-            if reason := problem(SecurityConfig(), *self._options()):
+        if rolling_back:
+            # another addon refused the update (the configuration, an option): mitmproxy puts the previous values
+            # back, and that error is the one to report; an exposed listener still serves no one meanwhile
+            if not self._running and (reason := problem(SecurityConfig(), *self._options())):
                 self._refused(reason)
             return
         security = snap.config.security if snap is not None else SecurityConfig()
@@ -173,6 +175,12 @@ class Exposure:
             self._refused(reason)
             raise exceptions.OptionsError(f"modelmux: {reason}")
         self._warn()
+
+    def load(self, loader) -> None:
+        ctx.options.errored.connect(self._options_refused)
+
+    def _options_refused(self, exc: Exception) -> None:
+        self._rolling_back = True  # the `changed` that follows at once is the rollback
 
     def running(self) -> None:
         self._running = True

@@ -36,7 +36,6 @@ class Snapshot:
 class Runtime:
     def __init__(self) -> None:
         self.current: Snapshot | None = None
-        self.start_error: str | None = None  # why the first configuration was refused (mitmproxy exits on it)
         self.thinking = Thinking(ThinkingCache())  # outlives config reloads: a tool loop may span one
         self.relay = Relay()  # so do the circuit breakers' memories and the upstream connections
         self.dump = DumpWriter()
