@@ -6,6 +6,7 @@ The key names are a contract (users' files and other tools depend on them): `ver
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -278,9 +279,16 @@ class TimeoutsConfig(_Strict):
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # it names Redis keys and metric labels
 
 
+KEY_NAME_ROUNDS = 20_000  # PBKDF2 rounds of a key's default name: ~10 ms once per key, costly to guess back
+
+
+@functools.lru_cache(maxsize=4096)
 def key_name(key: str) -> str:
-    """The name a client key without one is known by in logs, metrics and the store: a short hash, never the key."""
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    """The name a client key without one is known by in logs, metrics and the store: a short, slow hash, never the
+    key. The same on every replica (no per-install secret); slow because another key's holder sees these names
+    (/metrics) and a plain hash of a short key would give the key back to a guesser."""
+    digest = hashlib.pbkdf2_hmac("sha256", key.encode(), b"modelmux client key name", KEY_NAME_ROUNDS)
+    return "key-" + digest.hex()[:10]
 
 
 class ClientKey(_Strict):
