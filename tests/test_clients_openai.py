@@ -107,6 +107,14 @@ def test_pain5_tool_loop_get_weather(client, emulator):
     [result] = sent[2]["content"]
     assert result["type"] == "tool_result" and result["tool_use_id"] == call.id
 
+    # a follow-up that sends no tools (a summary, as apps do after a tool loop): OpenAI answers it, so must we
+    later = [*history, answer.message, {"role": "user", "content": "thanks"}]
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=later)
+    validate_completion(raw.http_response.json())
+    assert raw.parse().choices[0].finish_reason == "stop"
+    sent = upstream_body(emu)
+    assert [t["name"] for t in sent["tools"]] == ["get_weather"] and sent["tool_choice"] == {"type": "none"}
+
 
 def test_parallel_tool_calls(client):
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK_BOTH,

@@ -197,6 +197,7 @@ def _tool_loop(call_id: str = "toolu_1", answer_id: str = "toolu_1", thinking: b
 
 
 IMAGE_B64 = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+LOOP_TOOLS = [{"name": "weather", "input_schema": {"type": "object"}}]  # what _tool_loop calls
 THINKING = {"type": "enabled", "budget_tokens": 1024}
 
 BODY_RULES: list[tuple[str, Any, str]] = [
@@ -256,9 +257,12 @@ BODY_RULES: list[tuple[str, Any, str]] = [
     ("thinking over max_tokens", body(thinking=THINKING, max_tokens=1024), "`max_tokens` must be greater than"),
     ("thinking forced tool", body(thinking=THINKING, max_tokens=2000, tool_choice={"type": "any"}),
      "Thinking may not be enabled when tool_choice forces tool use."),
-    ("thinking dropped in tool loop", body(thinking=THINKING, max_tokens=2000, messages=_tool_loop()),
+    ("tool blocks without tools", body(messages=_tool_loop()),
+     "Requests which include `tool_use` or `tool_result` blocks must define tools."),
+    ("thinking dropped in tool loop",
+     body(thinking=THINKING, max_tokens=2000, messages=_tool_loop(), tools=LOOP_TOOLS),
      "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`"),
-    ("forged thinking signature", body(messages=_tool_loop(thinking=True)),
+    ("forged thinking signature", body(messages=_tool_loop(thinking=True), tools=LOOP_TOOLS),
      "messages.1.content.0: Invalid `signature` in `thinking` block"),
     ("cache_control type", body(system=[{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]),
      "system.0.cache_control.type: Input should be 'ephemeral'"),
@@ -284,8 +288,8 @@ def test_stream_flag_required_on_stream_endpoint(client, emu, token):
 
 @pytest.mark.parametrize("payload", [
     body(temperature=0.5, top_p=0.9),  # allowed together on an older model
-    body(messages=_tool_loop()),
-    body(thinking=THINKING, max_tokens=2000,  # redacted thinking is opaque: taken as is
+    body(messages=_tool_loop(), tools=LOOP_TOOLS),
+    body(thinking=THINKING, max_tokens=2000, tools=LOOP_TOOLS,  # redacted thinking is opaque: taken as is
          messages=[user("weather?"), {"role": "assistant", "content": [
              {"type": "redacted_thinking", "data": "opaque"},
              {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}]},
@@ -614,7 +618,7 @@ STREAM_CASES = {
     "tools": body(tools=TOOLS, messages=[user("search and ping and weather")]),
     "thinking and tools": body(tools=TOOLS, thinking=THINKING, max_tokens=2000, messages=[user("weather please")]),
     "forced tool": body(tools=TOOLS, tool_choice={"type": "tool", "name": "search"}),
-    "tool results": body(messages=_tool_loop()),
+    "tool results": body(messages=_tool_loop(), tools=LOOP_TOOLS),
     "unicode": body(messages=[user("[[unicode]] please")]),
     "forced after results": body(tools=TOOLS, tool_choice={"type": "any"}, messages=_tool_loop()),
     "call triggers": body(tools=TOOLS, messages=[user('[[call:search {"query": "a \\"quoted\\" ]] é"}]] and '
@@ -990,7 +994,7 @@ def test_status_trigger(client, emu, token, code, status):
 def test_triggers_in_tool_results(client, emu, token):
     loop = _tool_loop()
     loop[-1]["content"][0]["content"] = "[[status:503]]"
-    assert call(client, emu, body(messages=loop), token).status_code == 503
+    assert call(client, emu, body(messages=loop, tools=LOOP_TOOLS), token).status_code == 503
 
 
 # --- token counting ----------------------------------------------------------------------------------------
@@ -1016,8 +1020,8 @@ COUNTED = {
     "text": {},
     "system and tools": {"system": [{"type": "text", "text": "Be very brief."}], "tools": TOOLS,
                          "tool_choice": {"type": "auto"}},
-    "tool loop": {"messages": _tool_loop(), "system": "two words"},
-    "thinking loop": {"thinking": THINKING, "messages": [
+    "tool loop": {"messages": _tool_loop(), "system": "two words", "tools": LOOP_TOOLS},
+    "thinking loop": {"thinking": THINKING, "tools": LOOP_TOOLS, "messages": [
         user("weather?"), {"role": "assistant", "content": [
             {"type": "redacted_thinking", "data": "opaque"},
             {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}]},

@@ -408,3 +408,22 @@ def test_pain7_base64_is_checked_and_unwrapped():
         vertex(body(messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,not*base64"}}]}]))
     assert err.value.param == "messages[0].content[0].image_url.url"
+
+
+def test_a_tool_history_without_tools_declares_the_tools_it_called_and_calls_none():
+    """OpenAI takes a conversation whose earlier turns called tools with no `tools` (a summary, a follow-up);
+    Anthropic refuses tool blocks without tools: the called ones are declared, tool_choice none."""
+    messages = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "tool_calls": [call("c1"), call("c2", "get_time", "{}")]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "c2", "content": "noon"},
+                {"role": "user", "content": "summarise that"}]
+    out = vertex(body(messages=messages)).body
+    assert [t["name"] for t in out["tools"]] == ["get_weather", "get_time"]
+    assert all(t["input_schema"] == {"type": "object"} for t in out["tools"])
+    assert out["tool_choice"] == {"type": "none"}
+    with_tools = vertex(body(messages=messages, tools=[WEATHER, {**WEATHER, "function": {
+        **WEATHER["function"], "name": "get_time"}}])).body
+    assert "tool_choice" not in with_tools and with_tools["tools"][0]["description"] == "Weather for a city"
+    plain = vertex(body()).body
+    assert "tools" not in plain and "tool_choice" not in plain

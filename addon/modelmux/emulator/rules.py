@@ -351,6 +351,10 @@ def _check_tools(body: dict) -> None:
             raise InvalidRequest(f"tool_choice.type: Input should be {_options(TOOL_CHOICE_TYPES)}")
         if choice["type"] == "tool":
             _check_string(_require(choice, "name", "tool_choice."), "tool_choice.name")
+    if not body.get("tools") and any(isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result")
+                                     for message in body["messages"] if isinstance(message.get("content"), list)
+                                     for block in message["content"]):
+        raise InvalidRequest("Requests which include `tool_use` or `tool_result` blocks must define tools.")
 
 
 def _check_thinking(body: dict) -> None:

@@ -697,6 +697,27 @@ def _tools(req: ChatRequest) -> tuple[list[dict[str, Any]], dict[str, str]]:
     return tools, names
 
 
+def tools_of_history(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tools a conversation's tool calls name, declared plainly, for a request that sends none: Anthropic
+    refuses `tool_use` / `tool_result` blocks in a request without tools (OpenAI does not; a summary or a
+    follow-up question after a tool loop often drops them). With tool_choice none, none is called."""
+    names: dict[str, None] = {}
+    has_blocks = False
+    for turn in turns:
+        content = turn.get("content")
+        for block in content if isinstance(content, list) else ():
+            kind = block.get("type")
+            if kind == "tool_use":
+                names[block["name"]] = None
+                has_blocks = True
+            elif kind == "tool_result":
+                has_blocks = True
+    if not has_blocks:
+        return []
+    return [{"name": name, "description": "Called earlier in this conversation; not available now.",
+             "input_schema": {"type": "object"}} for name in (names or {"tool": None})]
+
+
 def _function_name(obj: Any) -> str | None:
     """`{"function": {"name": N}}` → N, or None for any other shape."""
     fn = obj.get("function") if isinstance(obj, dict) else None
@@ -824,6 +845,8 @@ def to_vertex_body(req: ChatRequest, vertex_model: str, anthropic_version: str, 
             # the final answer must come through the JSON tool; client tools stay callable before it
             choice = {"type": "any", **{k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}}
         names[json_tool] = json_tool
+    if not tools and (tools := tools_of_history(b.turns)):
+        choice = {"type": "none"}
     if tools:
         body["tools"] = tools
     if choice is not None:
