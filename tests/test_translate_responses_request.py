@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -715,7 +716,9 @@ def test_configuration_update_sets_the_reasoning_from_its_position_on():
     update = {"type": "configuration_update", "reasoning": {"effort": "low"}}
     c = call({"reasoning": {"effort": "high"}, "input": [{"role": "user", "content": "think"}, update]})
     assert c.body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
-    assert c.shape.echo["reasoning"]["effort"] == "low" and c.input_items[-1] == update
+    assert c.shape.echo["reasoning"]["effort"] == "low"
+    stored = c.input_items[-1]  # kept under an id of its own: the store keeps every item by id
+    assert re.fullmatch(r"cu_[0-9a-f]{50}", stored.pop("id")) and stored == update
     assert turns(c) == [("user", ["text"])]
     later = call({"input": [update, {"role": "user", "content": "x"},
                             {"type": "configuration_update", "reasoning": {"effort": "none"}, "verbosity": "high"}]})
