@@ -152,6 +152,7 @@ class ResponsesStreamTranslator(AnthropicStream):
         # each is done, in order, once its result (paired by tool id) came, or failed when anything else begins
         self._searches: list[_Search] = []
         self._broken = False  # the last feed raised: what it rendered never went out (see fail)
+        self._parts: list[str] = []  # what the feed running now has rendered
         self._blocks: dict[int, list[Any]] = {}  # upstream index → [kind, state, …]
         self._thinking: list[dict[str, Any]] = []  # kept for the tool loop (see kept_thinking)
         self._first_tool_id: str | None = None
@@ -215,7 +216,7 @@ class ResponsesStreamTranslator(AnthropicStream):
         try:
             return super().feed(data)
         except BaseException:
-            self._broken = True  # the caller ends the stream with fail(), even if this feed had ended it
+            self._broken = True  # see fail()
             raise
 
     def finish(self) -> bytes:
@@ -227,7 +228,8 @@ class ResponsesStreamTranslator(AnthropicStream):
 
     def fail(self, err: OpenAIError) -> bytes:
         """End the stream with `err`: the open item closed, then `error` and `response.failed`. After a feed that
-        raised (a bug), always: what that feed rendered, its terminal event maybe, never went out."""
+        raised (a bug), the events it rendered before it raised go out first, and then these — even if that feed
+        had ended the stream (its terminal event is replaced: the client never got it)."""
         if self._broken:
             return self._crashed(err)
         if self.done or self.failed:
@@ -237,21 +239,20 @@ class ResponsesStreamTranslator(AnthropicStream):
         return self._out(parts)
 
     def _crashed(self, err: OpenAIError) -> bytes:
-        """`error` + `response.failed` from what cannot fail: the output as far as it is done, ASCII JSON."""
-        self._broken, self.done, self.failed = False, False, err
-        error = response_error(err)
-        parts: list[str] = []
-        if not self._started:
-            self._start(parts)
-        code, message = _enc(error["code"]), _enc(error["message"])
-        parts.append(self._event("error", f',"code":{code},"message":{message},"param":null,"error":'
-                                          f'{{"type":{_enc(err.type)},"code":{code},"message":{message},'
-                                          '"param":null}'))
-        self._final = scrub(response_object(self.shape, "failed", self._output, responses_usage(self._usage),
-                                            error))
-        parts.append(self._event("response.failed", ',"response":' + _dumps(self.response, separators=(",", ":"))))
-        self.chunks_out += len(parts)
-        return "".join(parts).encode()
+        parts, self._parts, self._broken = self._parts, [], False
+        if self.done:  # the terminal event is the last part _stop rendered (the last number too)
+            parts.pop()
+            self._seq -= 1
+            self.done = False
+        if self.failed is None:
+            try:
+                self._fail(err, parts)
+            except Exception:  # failing again: an end from what cannot fail, the items done so far, ASCII JSON
+                self._final = scrub(response_object(self.shape, "failed", self._output, responses_usage(self._usage),
+                                                    response_error(err)))
+                parts.append(self._event("response.failed", ',"response":' + _dumps(self.response)))
+                self.failed = err
+        return self._out(parts)
 
     # --- events ---------------------------------------------------------------------------------------------
 
@@ -267,6 +268,7 @@ class ResponsesStreamTranslator(AnthropicStream):
 
     def _render(self, events: list[bytes]) -> bytes:
         parts: list[str] = []
+        self._parts = parts
         held: dict[str, Any] | None = None  # coalescing: a delta that later ones of its block extend
         for raw in events:
             data = event_data(raw)
