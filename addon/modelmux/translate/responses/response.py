@@ -16,7 +16,9 @@ Output items, in Claude's block order:
   for the client-executed tool search; the JSON-answer tool (`text.format`) → the
   message's `output_text`; in JSON mode Claude's prose is a `refusal` part (it was told to answer through
   the tool), never `output_text` a client would parse as the JSON;
-- `server_tool_use` web_search + its `web_search_tool_result` → `web_search_call`;
+- `server_tool_use` web_search + its `web_search_tool_result` (paired by id) → `web_search_call`, where the
+  search began; one without a result is a `failed` web_search_call;
+- cut off by max_tokens: the last item, a message or a call, is `incomplete`;
 - compaction mode (a `compaction_trigger` request): Claude's text → ONE `compaction` item, sealed.
 
 The stored variant of a response always keeps the sealed reasoning (so `previous_response_id` can replay
@@ -42,7 +44,7 @@ THINKING_TYPES = ("thinking", "redacted_thinking")
 # the items the last block of an answer cut off by max_tokens may be: incomplete (a call's arguments may be
 # partial; a stored one is not replayed, see request.py)
 CUT_OFF = ("message", "function_call", "custom_tool_call", "tool_search_call")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a code point UTF-8 cannot carry
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def url_citations(citations: Any, start: int, end: int) -> list[dict[str, Any]]:
 
 def has_lone_surrogate(obj: Any) -> bool:
     """A JSON "\\ud83c" escape from upstream decodes to a surrogate code point, which UTF-8 cannot carry."""
-    return bool(_SURROGATE.search(json.dumps(obj, ensure_ascii=False)))
+    return bool(LONE_SURROGATE.search(json.dumps(obj, ensure_ascii=False)))
 
 
 def without_surrogates(text: str) -> str:
@@ -298,7 +300,7 @@ def without_surrogates(text: str) -> str:
 def scrub(obj: Any) -> Any:
     """`obj` with every string passed through without_surrogates (sealed blobs are ASCII: unchanged)."""
     if isinstance(obj, str):
-        return without_surrogates(obj) if _SURROGATE.search(obj) else obj
+        return without_surrogates(obj) if LONE_SURROGATE.search(obj) else obj
     if isinstance(obj, dict):
         return {k: scrub(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -13,11 +13,14 @@ Output, as OpenAI streams it (`event: TYPE\\ndata: JSON\\n\\n`, `sequence_number
   delta between them, items in output order (see response.py for which Claude blocks make which item);
 - text: `output_text.delta` (`logprobs: []`) … `output_text.done`; web-search citations as
   `output_text.annotation.added` when their block ends; JSON-mode prose as `refusal.delta` / `.done`;
-- tool calls: `function_call_arguments.delta` … `.done` (with `name`), custom tools
+- web searches: Claude may begin several before their results come; each is paired with its result by tool id
+  and done in the order they began (one without a result: `failed`, when anything else begins);
+- tool calls: a call whose input is not a whole JSON object (cut off by max_tokens, a failed stream) is
+  `incomplete`; `function_call_arguments.delta` … `.done` (with `name`), custom tools
   `custom_tool_call_input.delta` … `.done` (the string input is decoded out of Claude's partial JSON as it
   streams); a `tool_search_call` has no delta events (the spec defines none): its arguments come whole on
   `output_item.done`;
-- thinking: a `reasoning` item, a summary part per thinking block (`reasoning_summary_part.added`,
+- thinking: a `reasoning` item, a summary part per thinking block with text (`reasoning_summary_part.added`,
   `reasoning_summary_text.delta` … `.done`, `reasoning_summary_part.done`) when `reasoning.summary` was asked;
   the sealed `encrypted_content` on its `output_item.done` when included;
 - exactly one of `response.completed` / `response.incomplete` / `response.failed`, with the full Response
@@ -25,7 +28,9 @@ Output, as OpenAI streams it (`event: TYPE\\ndata: JSON\\n\\n`, `sequence_number
 - An upstream `error` event, an unreadable event, or an upstream that ends before `message_stop` closes the
   open item (status incomplete), then sends `error` (the spec's top-level code/message/param, plus the nested
   `error` object OpenAI itself sends and openai-python raises on) and `response.failed` carrying the code
-  clients act on (response.response_error).
+  clients act on (response.response_error). Thinking cut off before its signature is not sealed nor kept.
+- A lone surrogate from upstream (a JSON "\\ud83c" escape) leaves as U+FFFD: the output is always UTF-8. After a
+  feed that raised, `fail()` still ends the stream (error + response.failed).
 
 `keepalive()` sends `response.in_progress` again (the initial snapshot, a fixed size). An SSE comment would be
 cheaper but does not count: Codex's idle timer (300 s) restarts only on a parsed event, and openai-python and
@@ -53,7 +58,7 @@ from ..response import json_answer, usage as chat_usage
 from ..sse import EventSplitter, event_data
 from ..stream import AnthropicStream, _extend
 from . import ids
-from .response import (ResponseShape, call_item, call_prefix, compaction_item, custom_input, has_lone_surrogate,
+from .response import (LONE_SURROGATE, ResponseShape, call_item, call_prefix, compaction_item, custom_input,
                        message_item, output_text, public_items, reasoning_item, response_error, response_object,
                        responses_usage, scrub, signed, stop_status, url_citations, web_search_item,
                        without_surrogates)
@@ -683,10 +688,10 @@ class ResponsesStreamTranslator(AnthropicStream):
         else:
             self._close_open(parts, "incomplete" if status == "incomplete" and isinstance(self._open, _Message)
                              else "completed")
-        self._final = _encodable(response_object(self.shape, status, self._output, responses_usage(self._usage),
-                                                 None, incomplete))
+        self._final = response_object(self.shape, status, self._output, responses_usage(self._usage), None,
+                                      incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        parts.append(self._event(kind, ',"response":' + _compact(self.response)))
+        parts.append(self._event(kind, ',"response":' + self._final_body()))
         self.done = True
 
     def _fail(self, err: OpenAIError, parts: list[str]) -> None:
@@ -698,16 +703,18 @@ class ResponsesStreamTranslator(AnthropicStream):
         parts.append(self._event("error", f',"code":{code},"message":{message},"param":null,"error":'
                                           f'{{"type":{_enc(err.type)},"code":{code},"message":{message},'
                                           '"param":null}'))
-        self._final = _encodable(response_object(self.shape, "failed", self._output, responses_usage(self._usage),
-                                                 error))
-        parts.append(self._event("response.failed", ',"response":' + _compact(self.response)))
+        self._final = response_object(self.shape, "failed", self._output, responses_usage(self._usage), error)
+        parts.append(self._event("response.failed", ',"response":' + self._final_body()))
         self.failed = err
 
-
-def _encodable(response: dict[str, Any]) -> dict[str, Any]:
-    """The final Response, lone surrogates (from upstream JSON escapes) → U+FFFD so the store can keep it.
-    Once per stream, off the delta path."""
-    return scrub(response) if has_lone_surrogate(response["output"]) else response
+    def _final_body(self) -> str:
+        """The final Response as the client gets it. A lone surrogate in it (from an upstream JSON escape; the
+        sealed blobs the client may not see are ASCII) → U+FFFD in the stored copy too, so the store can keep it."""
+        body = _compact(self.response)
+        if LONE_SURROGATE.search(body):
+            self._final = scrub(self._final)
+            body = _compact(self.response)
+        return body
 
 
 def _search_query(fragments: list[str]) -> str:
