@@ -203,3 +203,33 @@ def test_exchanges_are_counted_logged_and_dumped_like_chat(setup, client):
     mine = [r for r in records if r["api"] == "responses" and r["openai_request"].get("input") == "count me"]
     assert mine and mine[-1]["vertex_request"]["body"]["messages"][0]["content"][0]["text"] == "count me"
     assert mine[-1]["openai_response"]["body"]["output"][0]["type"] == "message"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_codexs_configuration_update_is_stored_and_the_response_continued(setup, stream):
+    """Codex sends `{"type": "configuration_update", "reasoning": {"effort": "low"}}` without an id; it is stored
+    under one modelmux mints (the store keeps items by id: without one, the answer was a 500, or the streamed
+    response was lost and its continuation a 400)."""
+    update = {"type": "configuration_update", "reasoning": {"effort": "low"}}
+    body = {"model": "gpt-4o", "input": [{"role": "user", "content": "configured"}, update], "stream": stream}
+    first = raw_post(setup, "/v1/responses", body)
+    assert first.status_code == 200, first.text
+    if stream:
+        events = validate_responses_sse(first.content)
+        assert events[-1]["type"] == "response.completed"
+        made = events[-1]["response"]
+    else:
+        made = first.json()
+        validate_response(made)
+    follow = raw_post(setup, "/v1/responses", {"model": "gpt-4o", "previous_response_id": made["id"],
+                                               "input": "and then"})
+    assert follow.status_code == 200, follow.text
+    items = httpx.get(f"http://127.0.0.1:{setup[0].reverse_port}/v1/responses/{made['id']}/input_items",
+                      params={"order": "asc"}, trust_env=False, timeout=20,
+                      headers={"authorization": f"Bearer {CLIENT_KEY}"}).json()
+    assert [d["type"] for d in items["data"]] == ["message", "configuration_update"]
+    assert items["data"][1]["id"].startswith("cu_") and items["data"][1]["reasoning"] == {"effort": "low"}
+    bad = raw_post(setup, "/v1/responses", {"model": "gpt-4o", "input": [{"role": "user", "content": "x",
+                                                                           "id": 5}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input[0].id"
+    validate_error(bad.json())

@@ -258,6 +258,26 @@ async def test_shared_thinking_cache(store):
     assert await cache.get("toolu_2") == [{"type": "thinking", "signature": "t"}]
 
 
+async def test_thinking_is_found_only_by_the_client_key_that_kept_it(store):
+    """A tool-call id travels (transcripts, logs): another key naming it must not get the thinking into its own
+    prompt — in this process or, through the shared store, in another."""
+    from modelmux.state.thinking import SharedThinkingCache
+    from modelmux.thinking_cache import Thinking, ThinkingCache
+    blocks = [{"type": "thinking", "thinking": "secret plan", "signature": "s"}]
+    here = Thinking(ThinkingCache(), SharedThinkingCache(store))
+    here.put("toolu_1", blocks, owner="team-a")
+    await here.shared.drain()
+    elsewhere = Thinking(ThinkingCache(), SharedThinkingCache(store))  # another replica: nothing local
+    for thinking in (here, elsewhere):
+        assert (await thinking.lookup(["toolu_1"], owner="team-a"))("toolu_1") == blocks
+        assert (await thinking.lookup(["toolu_1"], owner="team-b"))("toolu_1") is None
+        assert (await thinking.lookup(["toolu_1"]))("toolu_1") is None  # no key: not a keyed client's either
+    here.put("toolu_2", blocks)  # no client keys configured: every client is the same one
+    assert (await here.lookup(["toolu_2"]))("toolu_2") == blocks
+    assert (await here.lookup(["toolu_2"], owner="team-a"))("toolu_2") is None
+    await here.shared.drain()
+
+
 def test_tool_call_ids_are_the_keys_thinking_is_kept_under():
     from modelmux.state.thinking import tool_call_ids
     messages = [{"role": "user", "content": "hi"},

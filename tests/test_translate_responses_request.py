@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -715,7 +716,9 @@ def test_configuration_update_sets_the_reasoning_from_its_position_on():
     update = {"type": "configuration_update", "reasoning": {"effort": "low"}}
     c = call({"reasoning": {"effort": "high"}, "input": [{"role": "user", "content": "think"}, update]})
     assert c.body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
-    assert c.shape.echo["reasoning"]["effort"] == "low" and c.input_items[-1] == update
+    assert c.shape.echo["reasoning"]["effort"] == "low"
+    stored = c.input_items[-1]  # kept under an id of its own: the store keeps every item by id
+    assert re.fullmatch(r"cu_[0-9a-f]{50}", stored.pop("id")) and stored == update
     assert turns(c) == [("user", ["text"])]
     later = call({"input": [update, {"role": "user", "content": "x"},
                             {"type": "configuration_update", "reasoning": {"effort": "none"}, "verbosity": "high"}]})
@@ -833,3 +836,83 @@ def test_tools_loaded_again_are_replaced_in_place():
     c = call({"input": items})
     assert [t["name"] for t in c.body["tools"]] == [f"t{i}" for i in range(20000)]
     assert error({"tools": [{"type": "tool_search", "execution": 5}], "input": "x"}).param == "tools[0].execution"
+
+
+# --- items the store keeps by id; calls cut short -----------------------------------------------------------
+
+def test_every_stored_input_item_has_an_id_the_store_accepts():
+    """Codex sends `configuration_update` without an id; the store refuses an item without one (and a response
+    whose items it refuses is lost)."""
+    from modelmux.state.base import _check_items
+
+    c = call({"tools": [{"type": "function", "name": "lookup"}, {"type": "tool_search", "execution": "client"}],
+              "input": [{"role": "user", "content": "q"}, {"type": "configuration_update",
+                                                           "reasoning": {"effort": "low"}},
+                        {"type": "web_search_call", "status": "completed", "action": {"type": "search"}},
+                        {"type": "additional_tools", "tools": [{"type": "function", "name": "more"}]},
+                        {"role": "assistant", "content": "Looking."}, fc("call_1"), out("call_1"),
+                        {"type": "tool_search_call", "call_id": "ts_1", "execution": "client", "arguments": {}},
+                        {"type": "tool_search_output", "call_id": "ts_1", "execution": "client", "tools": []},
+                        {"type": "reasoning", "summary": []}]})
+    assert len(c.input_items) == 10
+    _check_items(c.input_items, "input_items")  # raises on an item without a usable id
+    assert c.input_items[1]["id"].startswith("cu_") and c.input_items[2]["id"].startswith("ws_")
+
+
+@pytest.mark.parametrize("ident, code, message", [
+    (5, "invalid_type", "Invalid type for 'input[1].id': expected a string, but got an integer instead."),
+    (["x"], "invalid_type", "Invalid type for 'input[1].id': expected a string, but got an array instead."),
+    ("x" * 65, "string_above_max_length", "Invalid 'input[1].id': string too long. Expected a string with "
+                                          "maximum length 64, but got a string with length 65 instead."),
+])
+def test_an_input_item_id_that_is_not_a_string_of_at_most_64_characters_is_openais_400(ident, code, message):
+    for item in [{"type": "web_search_call", "status": "completed", "action": {"type": "search"}},
+                 {"role": "user", "content": "more"}, {"type": "configuration_update"}]:
+        err = error({"input": [{"role": "user", "content": "q"}, {**item, "id": ident}]})
+        assert (err.param, err.code, err.message) == ("input[1].id", code, message)
+        validate({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}},
+                 "ErrorResponse")
+    ok = call({"input": [{"role": "user", "content": "q", "id": "m" * 64}]})
+    assert ok.input_items[0]["id"] == "m" * 64
+
+
+def cut_short_turn(stop_reason="max_tokens"):
+    """An answer that thought and then was cut off in the middle of a call's arguments (as the stream stores it)."""
+    c = call({"reasoning": {"effort": "medium"}, "tools": [{"type": "function", "name": "lookup"}],
+              "input": "What is X?"})
+    stored = {"id": "resp_1", "output": [
+        {"id": "rs_1", "type": "reasoning", "summary": [],
+         "encrypted_content": seal_thinking([THOUGHT], KEY)},
+        {"id": "fc_1", "type": "function_call", "status": "incomplete", "call_id": "toolu_cut", "name": "lookup",
+         "arguments": '{"q": "X'}]}
+    return conversation_items([(c.input_items, stored)])
+
+
+def test_a_stored_call_cut_short_is_left_out_of_the_replayed_conversation_with_its_output():
+    history = cut_short_turn()
+    c = call({"reasoning": {"effort": "medium"}, "tools": [{"type": "function", "name": "lookup"}],
+              "previous_response_id": "resp_1", "input": [{"role": "user", "content": "Go on."}]}, history=history)
+    assert turns(c) == [("user", ["text", "text"])]  # the bare thinking goes with the call
+    # the client answered the call anyway (it saw it): the output is kept in the store, not sent to Claude
+    c = call({"tools": [{"type": "function", "name": "lookup"}], "previous_response_id": "resp_1",
+              "input": [out("toolu_cut", "bad arguments"), {"role": "user", "content": "Go on."}]},
+             history=history)
+    assert turns(c) == [("user", ["text", "text"])] and c.input_items[0]["type"] == "function_call_output"
+    # stored before calls were marked: a "completed" call whose arguments are not an object is cut short too
+    history[-1] = {**history[-1], "status": "completed"}
+    c = call({"previous_response_id": "resp_1", "input": "Go on."}, history=history)
+    assert turns(c) == [("user", ["text", "text"])]
+
+
+def test_a_call_with_bad_arguments_sent_by_the_client_is_still_a_400():
+    err = error({"input": [{"role": "user", "content": "q"}, fc("call_1", args='{"q": "X'), out("call_1")]})
+    assert err.param == "input[1].arguments" and "JSON object" in err.message
+
+
+def test_sealed_thinking_without_a_signature_is_not_sent_back():
+    """Sealed by a failed stream before its signature came (older versions did): Vertex rejects it."""
+    blob = seal_thinking([REDACTED, {"type": "thinking", "thinking": "half", "signature": ""}], KEY)
+    c = call({"input": [{"role": "user", "content": "q"},
+                        {"type": "reasoning", "summary": [], "encrypted_content": blob},
+                        {"role": "assistant", "content": "A."}, {"role": "user", "content": "B"}]})
+    assert c.body["messages"][1]["content"] == [REDACTED, {"type": "text", "text": "A."}]

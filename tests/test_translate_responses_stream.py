@@ -519,3 +519,173 @@ def test_the_relays_keepalive_ping_keeps_the_client_waiting_visibly_and_vertexs_
     assert kinds(plain).count("response.in_progress") == 1
     before, _ = run([sse(keepalive)])  # a silence before Vertex's first event: the stream opens at once
     assert kinds(before)[:2] == ["response.created", "response.in_progress"]
+
+
+# --- cut short, lone surrogates, searches, empty thinking, JSON mode -----------------------------------------
+
+def test_a_call_cut_off_mid_arguments_is_incomplete_in_both_paths():
+    """max_tokens while a tool_use's input_json was partial: the stored call must not look like a call to replay."""
+    out, t = run([sse(START, *tool_block(0, "lookup", "toolu_A", '{"city": "Pa'), *stop("max_tokens"))])
+    events = validate_responses_sse(out)
+    call = events[-1]["response"]["output"][0]
+    assert events[-1]["type"] == "response.incomplete"
+    assert (call["status"], call["arguments"]) == ("incomplete", '{"city": "Pa')
+    assert t.stored_response["output"][0]["status"] == "incomplete"
+    done = next(e for e in events if e["type"] == "response.output_item.done")
+    assert done["item"]["status"] == "incomplete"
+    # a whole call then max_tokens: complete, as before
+    out, _ = run([sse(START, *tool_block(0, "lookup", "toolu_A", '{"city": "Paris"}'), *stop("max_tokens"))])
+    assert validate_responses_sse(out)[-1]["response"]["output"][0]["status"] == "completed"
+    # the non-streamed answer cut off by max_tokens: its last call is incomplete (Vertex repaired the input)
+    msg = {"id": "m", "content": [{"type": "text", "text": "a"},
+                                  {"type": "tool_use", "id": "toolu_A", "name": "lookup", "input": {"city": "Pa"}}],
+           "stop_reason": "max_tokens", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    answer = to_response(msg, shape())
+    validate(answer.response, "Response")
+    assert [i["status"] for i in answer.stored["output"]] == ["completed", "incomplete"]
+
+
+def test_a_failed_stream_marks_its_open_call_incomplete_and_seals_no_unsigned_thinking():
+    thinking = thinking_block(0, "Hmm")
+    out, t = run([sse(START, *thinking[:2], {"type": "error", "error": {"type": "api_error", "message": "x"}})])
+    validate_responses_sse(out)
+    reasoning = t.stored_response["output"][0]
+    assert reasoning["status"] == "incomplete" and reasoning["summary"] == [{"type": "summary_text", "text": "Hmm"}]
+    assert "encrypted_content" not in reasoning  # nothing Vertex would take back
+    assert t.kept_thinking is None
+    out, t = run([sse(START, *thinking, *tool_block(1, "lookup", "toolu_A", '{"ci')[:2],
+                      {"type": "error", "error": {"type": "api_error", "message": "x"}})])
+    validate_responses_sse(out)
+    reasoning, call = t.stored_response["output"]
+    assert unseal_thinking(reasoning["encrypted_content"], KEY) == [
+        {"type": "thinking", "thinking": "Hmm", "signature": "SIG"}]
+    assert (call["status"], call["arguments"]) == ("incomplete", '{"ci')
+
+
+def test_a_lone_surrogate_from_upstream_never_breaks_the_stream():
+    raw = sse(START, *text_block(0, "x", "Y"), *tool_block(1, "apply_patch", "toolu_P", '{"input": "Z"}'),
+              *stop("tool_use")).replace(b'"text": "Y"', b'"text": "\\ud83c"').replace(b'\\"Z\\"', b'\\"\\ud83c\\"')
+    for coalesce in (False, True):
+        t = ResponsesStreamTranslator(shape(custom_tools=frozenset({"apply_patch"})), coalesce=coalesce)
+        out = t.feed(raw) + t.finish()
+        events = validate_responses_sse(out)  # valid UTF-8, every event, the terminal one last
+        final = events[-1]["response"]
+        assert events[-1]["type"] == "response.completed" and t.done
+        message, patch = final["output"]
+        assert message["content"][0]["text"] == "x\ufffd" and patch["input"] == "\ufffd"
+        json.dumps(t.stored_response, ensure_ascii=False).encode()  # the store can keep it
+    answer = to_response({"id": "m", "content": [{"type": "text", "text": "x\ud83c"}], "stop_reason": "end_turn",
+                          "usage": {}}, shape())
+    assert answer.stored["output"][0]["content"][0]["text"] == "x\ufffd"
+
+
+def test_a_feed_that_raised_still_lets_the_caller_end_the_stream():
+    """The hook answers a translator bug with fail(): the terminal event must come even if the feed that raised had
+    already ended the stream (done) — what it rendered never went out."""
+    class Buggy(ResponsesStreamTranslator):
+        def _stop(self, parts):
+            super()._stop(parts)
+            raise RuntimeError("a bug")
+
+    t = Buggy(shape())
+    head = t.feed(sse(START, *text_block(0, "Hi")))
+    with pytest.raises(RuntimeError):
+        t.feed(sse(*stop()))
+    tail = t.fail(OpenAIError(500, "modelmux failed to translate the stream", "server_error", None,
+                              "translation_failed"))
+    events = validate_responses_sse(head + tail)
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert t.failed is not None and not t.done and t.fail(OpenAIError(500, "again")) == b""
+
+
+def search_blocks(index, tool_id, query):
+    return [{"type": "content_block_start", "index": index,
+             "content_block": {"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {}}},
+            {"type": "content_block_delta", "index": index,
+             "delta": {"type": "input_json_delta", "partial_json": json.dumps({"query": query})}},
+            {"type": "content_block_stop", "index": index}]
+
+
+def result_blocks(index, tool_id, url):
+    return [{"type": "content_block_start", "index": index, "content_block": {
+        "type": "web_search_tool_result", "tool_use_id": tool_id,
+        "content": [{"type": "web_search_result", "url": url, "title": "T"}]}},
+        {"type": "content_block_stop", "index": index}]
+
+
+@pytest.mark.parametrize("results_order", [("srv_A", "srv_B"), ("srv_B", "srv_A")])
+def test_back_to_back_web_searches_pair_with_their_results_by_id(results_order):
+    urls = {"srv_A": "https://a.example/", "srv_B": "https://b.example/"}
+    events = [START, *search_blocks(0, "srv_A", "alpha"), *search_blocks(1, "srv_B", "beta"),
+              *[e for k, tid in enumerate(results_order) for e in result_blocks(2 + k, tid, urls[tid])],
+              *text_block(4, "Both."), *stop()]
+    out, t = run([sse(*events)], include_sources=True)
+    got = validate_responses_sse(out)
+    a, b, message = got[-1]["response"]["output"]
+    assert [(i["status"], i["action"]["query"], i["action"]["sources"]) for i in (a, b)] == [
+        ("completed", "alpha", [{"type": "url", "url": urls["srv_A"]}]),
+        ("completed", "beta", [{"type": "url", "url": urls["srv_B"]}])]
+    assert message["content"][0]["text"] == "Both."
+    completed = [e["item_id"] for e in got if e["type"] == "response.web_search_call.completed"]
+    assert completed == [a["id"], b["id"]]
+    # the non-streamed answer of the same blocks is the same output
+    blocks = [{"type": "server_tool_use", "id": "srv_A", "name": "web_search", "input": {"query": "alpha"}},
+              {"type": "server_tool_use", "id": "srv_B", "name": "web_search", "input": {"query": "beta"}},
+              *[{"type": "web_search_tool_result", "tool_use_id": tid,
+                 "content": [{"type": "web_search_result", "url": urls[tid], "title": "T"}]} for tid in results_order],
+              {"type": "text", "text": "Both."}]
+    answer = to_response({"id": "m", "content": blocks, "stop_reason": "end_turn", "usage": {}},
+                         shape(include_sources=True))
+    assert normalized(json.dumps(answer.response["output"])) == normalized(json.dumps(got[-1]["response"]["output"]))
+
+
+def test_a_web_search_without_its_result_is_a_failed_call_in_both_paths():
+    out, _ = run([sse(START, *search_blocks(0, "srv_A", "alpha"), *text_block(1, "No luck."), *stop())])
+    streamed = validate_responses_sse(out)[-1]["response"]["output"]
+    msg = {"id": "m", "content": [{"type": "server_tool_use", "id": "srv_A", "name": "web_search",
+                                   "input": {"query": "alpha"}}, {"type": "text", "text": "No luck."}],
+           "stop_reason": "end_turn", "usage": {}}
+    answer = to_response(msg, shape())
+    validate(answer.response, "Response")
+    assert [i["type"] for i in answer.response["output"]] == ["web_search_call", "message"]
+    assert answer.response["output"][0]["status"] == "failed"
+    assert normalized(json.dumps(answer.response["output"])) == normalized(json.dumps(streamed))
+
+
+def test_an_empty_thinking_block_has_no_summary_part_in_either_path():
+    events = [START, *thinking_block(0), *thinking_block(1, "", "Second."), *text_block(2, "ok"), *stop()]
+    out, t = run([sse(*events)])
+    got = validate_responses_sse(out)
+    parts = [e for e in got if e["type"] == "response.reasoning_summary_part.added"]
+    assert [e["summary_index"] for e in parts] == [0]
+    assert got[-1]["response"]["output"][0]["summary"] == [{"type": "summary_text", "text": "Second."}]
+    msg = {"id": "m", "content": [{"type": "thinking", "thinking": "", "signature": "SIG"},
+                                  {"type": "thinking", "thinking": "Second.", "signature": "SIG"},
+                                  {"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {}}
+    assert to_response(msg, shape()).response["output"][0]["summary"] == got[-1]["response"]["output"][0]["summary"]
+
+
+def test_json_mode_with_a_tool_call_without_input_deltas_is_the_empty_object_in_both_paths():
+    out, _ = run([sse(START, *tool_block(0, "json_response", "t"), *stop("tool_use"))], json_tool="json_response")
+    text = validate_responses_sse(out)[-1]["response"]["output"][0]["content"][0]["text"]
+    msg = {"id": "m", "content": [{"type": "tool_use", "id": "t", "name": "json_response", "input": {}}],
+           "stop_reason": "tool_use", "usage": {}}
+    assert text == "{}" == to_response(msg, shape(json_tool="json_response")).response["output"][0]["content"][0][
+        "text"]
+
+
+def test_streaming_mode_never_keeps_web_search_citations():
+    cite = {"type": "web_search_result_location", "url": "https://a.example/x", "title": "A", "cited_text": "c",
+            "encrypted_index": "e"}
+    msg = {"id": "m", "content": [
+        {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {"query": "news"}},
+        {"type": "web_search_tool_result", "tool_use_id": "srv_1",
+         "content": [{"type": "web_search_result", "url": "https://a.example/x", "title": "A"}]},
+        {"type": "text", "text": "Today: "}, {"type": "text", "text": "big news", "citations": [cite]},
+        {"type": "text", "text": "."}], "stop_reason": "end_turn", "usage": {}}
+    out, t = run([message_as_events(msg)])
+    got = validate_responses_sse(out)
+    annotations = got[-1]["response"]["output"][1]["content"][0]["annotations"]
+    assert annotations == [{"type": "url_citation", "url": "https://a.example/x", "title": "A", "start_index": 7,
+                            "end_index": 15}]
+    assert normalized(json.dumps(t.response)) == normalized(json.dumps(to_response(msg, shape()).response))

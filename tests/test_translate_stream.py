@@ -203,3 +203,23 @@ def test_pain16_in_json_mode_prose_is_a_refusal_delta():
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert "".join(d.get("refusal") or "" for d in deltas) == "No." and not any(d.get("content") for d in deltas)
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_a_lone_surrogate_or_a_bad_last_delta_still_ends_the_stream():
+    """A JSON "\\ud83c" escape from upstream passes as an escape (valid UTF-8 out); a malformed delta coalesced last
+    in a feed is an error chunk, never an exception out of feed."""
+    text = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}
+    raw = sse(START, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+              text, {"type": "content_block_stop", "index": 0}, *EVENTS[-2:]).replace(b'"text": "x"',
+                                                                                    b'"text": "\\ud83c"')
+    for coalesce in (False, True):
+        t = StreamTranslator(AnswerShape(model="m", created=1, fallback_id="f"), coalesce=coalesce)
+        out = t.feed(raw) + t.finish()
+        validate_openai_sse(out)
+        assert t.done and out.endswith(b"data: [DONE]\n\n")
+    t = StreamTranslator(AnswerShape(model="m", created=1, fallback_id="f"), coalesce=True)
+    t.feed(sse(START, {"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+    out = t.feed(sse({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": 5}}))
+    assert t.failed is not None and t.failed.code == "bad_upstream_event"
+    validate_error(json.loads(out.decode().removeprefix("data: ")))

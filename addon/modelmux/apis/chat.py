@@ -30,13 +30,14 @@ PATH = "/v1/chat/completions"
 
 
 class ChatCall:
-    def __init__(self, shape: AnswerShape, thinking: Thinking):
+    def __init__(self, shape: AnswerShape, thinking: Thinking, owner: str | None = None):
         self.shape = shape
         self.thinking = thinking
+        self.owner = owner  # the client key's name: thinking is kept for it alone
 
     def answer(self, ex: Exchange, message: dict[str, Any]) -> http.Response:
         if kept := thinking_to_keep(message.get("content") or []):
-            self.thinking.put(*kept)
+            self.thinking.put(*kept, owner=self.owner)
         return json_response(200, to_openai_response(message, self.shape))
 
     def translator(self, ex: Exchange, coalesce: bool) -> StreamTranslator:
@@ -44,7 +45,7 @@ class ChatCall:
 
     def stream_done(self, ex: Exchange, translator: StreamTranslator) -> None:
         if kept := translator.kept_thinking:
-            self.thinking.put(*kept)
+            self.thinking.put(*kept, owner=self.owner)
 
 
 async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepared:
@@ -56,7 +57,7 @@ async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepar
         raise model_not_found(req.model) from None
     # thinking kept for the tool loop's earlier turns, by their first tool-call id (maybe in another process)
     turns = [claude_tool_id(m.tool_calls[0].id) for m in req.messages if m.role == "assistant" and m.tool_calls]
-    thinking_for = await runtime.thinking.lookup(turns) if turns else runtime.thinking.get
+    thinking_for = await runtime.thinking.lookup(turns, owner=client.key)  # this key's own only
     vreq = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version, thinking_for=thinking_for)
     if vreq.image_urls:
         inline_images(vreq.body, await fetch_images(vreq.image_urls, snap.config.images))
@@ -66,4 +67,4 @@ async def prepare(raw: bytes, snap: Any, runtime: Any, client: Client) -> Prepar
     return Prepared(requested_model=req.model, vertex_model=route.vertex_model, body=vreq.body, stream=vreq.stream,
                     urls=lambda stream: {region: snap.router.url(route, stream=stream, region=region)
                                          for region in snap.router.regions()},
-                    call=ChatCall(shape, runtime.thinking))
+                    call=ChatCall(shape, runtime.thinking, client.key))

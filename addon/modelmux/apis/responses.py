@@ -88,11 +88,12 @@ class ResponsesCall:
     async def answer(self, ex: Exchange, message: dict[str, Any]) -> http.Response:
         answer = to_response(message, self.call.shape)
         if kept := thinking_to_keep(message.get("content") or []):  # for a loop continued without reasoning
-            self.runtime.thinking.put(*kept)
+            self.runtime.thinking.put(*kept, owner=self.owner)
         if self.call.store and not self.compact:
             try:
                 await self.runtime.store.put_response(self._record(answer.stored))
-            except StateUnavailable as err:  # a 2xx would promise a response no one can retrieve or continue
+            except (StateUnavailable, ValueError) as err:  # StateTooLarge too: a 2xx would promise a response
+                # no one can retrieve or continue (the exchange is still recorded: this is its answer)
                 log.warning("modelmux: response %s could not be stored: %s", answer.stored["id"], err)
                 raise unavailable_error() from None
         return json_response(200, compact_resource(answer) if self.compact else answer.response)
@@ -102,7 +103,7 @@ class ResponsesCall:
 
     def stream_done(self, ex: Exchange, translator: ResponsesStreamTranslator) -> None:
         if kept := translator.kept_thinking:
-            self.runtime.thinking.put(*kept)
+            self.runtime.thinking.put(*kept, owner=self.owner)
         stored = translator.stored_response
         if stored is not None and self.call.store:
             self.runtime.archive.write(self.runtime.store, self._record(stored))
@@ -170,9 +171,9 @@ async def translate(raw: bytes, snap: Any, runtime: Any, client: Client, *, comp
     cfg = snap.config.responses
     # thinking kept for tool calls sent back without their reasoning item (maybe kept by another process)
     calls = [claude_tool_id(i["call_id"]) for i in [*history, *(req.input if isinstance(req.input, list) else [])]
-             if isinstance(i, dict) and i.get("type") in ("function_call", "custom_tool_call")
+             if isinstance(i, dict) and i.get("type") in ("function_call", "custom_tool_call", "tool_search_call")
              and isinstance(i.get("call_id"), str)]
-    thinking_for = await runtime.thinking.lookup(calls) if calls else runtime.thinking.get
+    thinking_for = await runtime.thinking.lookup(calls, owner=client.key)  # this key's own only
     call = to_vertex_body(req, route.vertex_model, snap.config.vertex.anthropic_version, key=runtime.sealing_keys,
                           history=history, resolved=resolved, web_search=cfg.web_search,
                           drop_builtin_tools=_drops_builtin_tools(cfg, client), thinking_for=thinking_for,

@@ -171,7 +171,12 @@ class StreamTranslator(AnthropicStream):
                 parts.append(f"data: {_dumps(self.failed.body())}\n\n")
                 break
         if held is not None and not self.failed:
-            self._delta(held, parts)
+            try:
+                self._delta(held, parts)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+                self.failed = OpenAIError(502, f"Vertex AI sent an unreadable stream event: {type(err).__name__}",
+                                          "server_error", None, "bad_upstream_event")
+                parts.append(f"data: {_dumps(self.failed.body())}\n\n")
         self.chunks_out += len(parts)
         return "".join(parts).encode() if parts else b""
 
@@ -299,7 +304,12 @@ def message_as_events(message: dict[str, Any]) -> bytes:
     for i, block in enumerate(message.get("content") or []):
         btype = block.get("type")
         if btype == "text":
-            out.append(event({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}))
+            citations = block.get("citations") or []
+            start = {"type": "text", "text": "", **({"citations": []} if citations else {})}
+            out.append(event({"type": "content_block_start", "index": i, "content_block": start}))
+            for citation in citations:  # as Anthropic streams them: before the text they cite
+                out.append(event({"type": "content_block_delta", "index": i,
+                                  "delta": {"type": "citations_delta", "citation": citation}}))
             out.append(event({"type": "content_block_delta", "index": i,
                               "delta": {"type": "text_delta", "text": block.get("text") or ""}}))
         elif btype == "tool_use":

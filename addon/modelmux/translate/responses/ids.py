@@ -20,6 +20,7 @@ COMPACTION = "cmp"
 TOOL_SEARCH_CALL = "tsc"
 TOOL_SEARCH_OUTPUT = "tso"
 ADDITIONAL_TOOLS = "at"
+CONFIGURATION_UPDATE = "cu"
 
 
 def new_id(prefix: str) -> str:

@@ -404,6 +404,9 @@ _BUILTIN_ITEMS = frozenset({
     "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
     "program", "program_output",
 })
+_CALLS = ("function_call", "custom_tool_call", "tool_search_call")
+HISTORY = "previous_response_id"  # the param of the items a previous_response_id chain replays
+MAX_ITEM_ID = 64  # OpenAI's limit on an input item's id (string_above_max_length beyond it)
 SUMMARY_TAG = "conversation_summary"
 COMPACTION_PROMPT = (
     "Write a summary of the conversation above that will replace it: the next turns will see only your "
@@ -477,6 +480,7 @@ class _Conversation:
         self.compaction = False
         self.ttl: str | None = None
         self.reasoning: dict[str, str] = {}  # effort / summary set by configuration_update items, latest wins
+        self.dropped_calls: set[str] = set()  # Claude tool ids of history calls that were cut short
 
     # turns
 
@@ -512,6 +516,8 @@ class _Conversation:
 
     def result(self, call_id: str, content: Any, param: str) -> None:
         ident = claude_tool_id(call_id)
+        if ident in self.dropped_calls and ident not in self.pending:
+            return  # answers a call dropped from the history (cut short): kept in the store, not sent to Claude
         if ident not in self.pending:
             raise invalid_request(f"No tool call found for function call output with call_id {call_id}.",
                                   param=param + ".call_id")
@@ -558,6 +564,12 @@ class _Conversation:
                                   code="missing_required_parameter")
         if kind == "compaction_trigger":
             self.compaction = True
+            return None
+        _check_item_id(item, param)
+        if param == HISTORY and kind in _CALLS and _cut_short(item):
+            # stored from an answer that was cut off (max_output_tokens, a failed stream): nothing Claude could
+            # continue; its output, if the client sent one anyway, goes with it
+            self.dropped_calls.add(claude_tool_id(item["call_id"]) if isinstance(item.get("call_id"), str) else "")
             return None
         if kind == "web_search_call":  # a search already done; its findings are in the message that follows
             return {**item, "id": item.get("id") or ids.new_id(ids.WEB_SEARCH_CALL)}
@@ -714,7 +726,9 @@ class _Conversation:
             raise invalid_request(f"The encrypted content of reasoning item {r.id or param} could not be verified: "
                                   "it was altered, or sealed by another modelmux deployment.",
                                   param=param + ".encrypted_content", code="invalid_encrypted_content") from None
-        self.assistant(blocks)
+        # thinking cut off before its signature (sealed by an older version from a failed stream): Vertex
+        # rejects it, and Claude ignores earlier turns' thinking anyway
+        self.assistant([b for b in blocks if b["type"] != "thinking" or b["signature"]])
         return stored
 
     def _item_reference(self, ref: _ItemReference, raw: dict[str, Any], param: str
@@ -764,10 +778,8 @@ class _Conversation:
             summary = u.reasoning.summary or u.reasoning.generate_summary
             if summary is not None:
                 self.reasoning["summary"] = summary
-        out = {"type": "configuration_update", "reasoning": raw.get("reasoning")}
-        if u.id:
-            out["id"] = u.id
-        return out
+        return {"id": u.id or ids.new_id(ids.CONFIGURATION_UPDATE), "type": "configuration_update",
+                "reasoning": raw.get("reasoning")}
 
     def _client_search(self, execution: str | None, call_id: str | None, param: str) -> str:
         if execution != "client":
@@ -796,6 +808,37 @@ class _Conversation:
         self.result(call_id, text, param)
         return {"id": o.id or ids.new_id(ids.TOOL_SEARCH_OUTPUT), "type": "tool_search_output", "call_id": call_id,
                 "execution": "client", "tools": o.tools, "status": "completed"}
+
+
+def _check_item_id(item: dict[str, Any], param: str) -> None:
+    """An item's id is what the store keeps it under: a string of at most MAX_ITEM_ID characters, as OpenAI
+    requires (its errors, word for word). Items replayed from the store were checked when they were stored."""
+    ident = item.get("id")
+    if ident is None or param == HISTORY:
+        return
+    if not isinstance(ident, str):
+        got = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}.get(
+            type(ident), "another type")
+        raise invalid_request(f"Invalid type for '{param}.id': expected a string, but got {got} instead.",
+                              param=param + ".id", code="invalid_type")
+    if len(ident) > MAX_ITEM_ID:
+        raise invalid_request(f"Invalid '{param}.id': string too long. Expected a string with maximum length "
+                              f"{MAX_ITEM_ID}, but got a string with length {len(ident)} instead.",
+                              param=param + ".id", code="string_above_max_length")
+
+
+def _cut_short(item: dict[str, Any]) -> bool:
+    """A stored call from an answer cut off mid-call: marked incomplete, or (stored before calls were marked)
+    function-call arguments that are not a JSON object."""
+    if item.get("status") == "incomplete":
+        return True
+    if item.get("type") != "function_call" or not isinstance(item.get("arguments"), str):
+        return False
+    try:
+        args = strict_json(item["arguments"]) if item["arguments"].strip() else {}
+    except (ValueError, RecursionError):
+        return True
+    return not isinstance(args, dict)
 
 
 # --- tools --------------------------------------------------------------------------------------------------
@@ -1121,7 +1164,7 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
     if req.instructions and req.instructions.strip():
         conv.system.append({"type": "text", "text": req.instructions})
     for item in history:
-        conv.item(item, "previous_response_id")
+        conv.item(item, HISTORY)
     stored: list[dict[str, Any]] = []
     items = [{"type": "message", "role": "user", "content": req.input}] if isinstance(req.input, str) else (
         req.input or [])

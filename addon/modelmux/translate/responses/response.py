@@ -16,7 +16,9 @@ Output items, in Claude's block order:
   for the client-executed tool search; the JSON-answer tool (`text.format`) → the
   message's `output_text`; in JSON mode Claude's prose is a `refusal` part (it was told to answer through
   the tool), never `output_text` a client would parse as the JSON;
-- `server_tool_use` web_search + its `web_search_tool_result` → `web_search_call`;
+- `server_tool_use` web_search + its `web_search_tool_result` (paired by id) → `web_search_call`, where the
+  search began; one without a result is a `failed` web_search_call;
+- cut off by max_tokens: the last item, a message or a call, is `incomplete`;
 - compaction mode (a `compaction_trigger` request): Claude's text → ONE `compaction` item, sealed.
 
 The stored variant of a response always keeps the sealed reasoning (so `previous_response_id` can replay
@@ -26,6 +28,7 @@ thinking); the client's copy has `encrypted_content` only when `include` asked f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +41,10 @@ REASONING_KIND = "reasoning"
 COMPACTION_KIND = "compaction"
 CUSTOM_INPUT = "input"  # the one string property of a custom tool's Claude schema
 THINKING_TYPES = ("thinking", "redacted_thinking")
+# the items the last block of an answer cut off by max_tokens may be: incomplete (a call's arguments may be
+# partial; a stored one is not replayed, see request.py)
+CUT_OFF = ("message", "function_call", "custom_tool_call", "tool_search_call")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a code point UTF-8 cannot carry
 
 
 @dataclass(frozen=True)
@@ -184,15 +191,24 @@ def unseal_summary(blob: str, key: Keys) -> str:
 
 def reasoning_item(item_id: str, blocks: list[dict[str, Any]], shape: ResponseShape,
                    status: str = "completed") -> dict[str, Any]:
-    """The stored form (sealed blocks when a key is configured); public_items strips the blob for clients."""
+    """The stored form (sealed blocks when a key is configured); public_items strips the blob for clients.
+    Not complete (a failed stream): a thinking block still without its signature is summarised, not sealed
+    (Vertex rejects unsigned thinking)."""
     summary = ([{"type": "summary_text", "text": b["thinking"]} for b in blocks
                 if b.get("type") == "thinking" and b.get("thinking")] if shape.summary else [])
     item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": summary}
+    if status != "completed":
+        blocks = signed(blocks)
     if shape.key is not None and blocks:
         item["encrypted_content"] = seal_thinking(blocks, shape.key)
     if status != "completed":
         item["status"] = status
     return item
+
+
+def signed(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The blocks Vertex takes back: thinking with its signature, redacted thinking."""
+    return [b for b in blocks if b.get("type") != "thinking" or b.get("signature")]
 
 
 def output_text(text: str, annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -271,6 +287,27 @@ def url_citations(citations: Any, start: int, end: int) -> list[dict[str, Any]]:
     return out
 
 
+def has_lone_surrogate(obj: Any) -> bool:
+    """A JSON "\\ud83c" escape from upstream decodes to a surrogate code point, which UTF-8 cannot carry."""
+    return bool(LONE_SURROGATE.search(json.dumps(obj, ensure_ascii=False)))
+
+
+def without_surrogates(text: str) -> str:
+    """Adjacent halves joined into their character (a pair split across deltas), lone ones → U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def scrub(obj: Any) -> Any:
+    """`obj` with every string passed through without_surrogates (sealed blobs are ASCII: unchanged)."""
+    if isinstance(obj, str):
+        return without_surrogates(obj) if LONE_SURROGATE.search(obj) else obj
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    return obj
+
+
 # --- a whole message ----------------------------------------------------------------------------------------
 
 def to_response(msg: dict[str, Any], shape: ResponseShape) -> Answer:
@@ -278,8 +315,10 @@ def to_response(msg: dict[str, Any], shape: ResponseShape) -> Answer:
     status, incomplete = stop_status(msg.get("stop_reason"))
     output = (_compaction_output(blocks, shape) if shape.compaction
               else _output_items(blocks, shape))
-    if status == "incomplete" and output and output[-1]["type"] == "message":  # the cut-off text
+    if status == "incomplete" and output and output[-1]["type"] in CUT_OFF:  # the cut-off text or call
         output[-1]["status"] = "incomplete"
+    if has_lone_surrogate(output):  # not encodable as UTF-8: neither the store nor a stream could send it
+        output = scrub(output)
     usage = responses_usage(msg.get("usage"))
     stored = response_object(shape, status, output, usage, None, incomplete)
     client = {**stored, "output": public_items(output, shape.include_encrypted)}
@@ -300,7 +339,7 @@ def _output_items(blocks: list[dict[str, Any]], shape: ResponseShape) -> list[di
     texts: list[str] = []  # the open part's text
     annotations: list[dict[str, Any]] = []
     open_part: list[str | None] = [None]  # "output_text" | "refusal"
-    searches: dict[str, tuple[str, str]] = {}  # server tool id → (item id, query)
+    searches: dict[str, tuple[int, str, str]] = {}  # server tool id → (output index, item id, query)
 
     def close_part() -> None:
         if open_part[0] == "output_text":
@@ -352,15 +391,25 @@ def _output_items(blocks: list[dict[str, Any]], shape: ResponseShape) -> list[di
                 output.append(call_item(ids.new_id(prefix), block.get("id") or "", block.get("name") or "",
                                         block.get("input"), shape))
             elif kind == "server_tool_use" and block.get("name") == "web_search":
-                query = (block.get("input") or {}).get("query") or ""
-                searches[block.get("id") or ""] = (ids.new_id(ids.WEB_SEARCH_CALL), str(query))
+                # in place, failed until its result comes (the stream's order: searches in the order they began)
+                query = _search_query(block.get("input"))
+                item_id = ids.new_id(ids.WEB_SEARCH_CALL)
+                searches[block.get("id") or ""] = (len(output), item_id, query)
+                output.append(web_search_item(item_id, query, None, shape))
             elif kind == "web_search_tool_result":
-                item_id, query = searches.pop(block.get("tool_use_id") or "",
-                                              (ids.new_id(ids.WEB_SEARCH_CALL), ""))
-                output.append(web_search_item(item_id, query, block.get("content"), shape))
+                found = searches.pop(block.get("tool_use_id") or "", None)
+                if found is None:
+                    output.append(web_search_item(ids.new_id(ids.WEB_SEARCH_CALL), "", block.get("content"), shape))
+                else:
+                    output[found[0]] = web_search_item(found[1], found[2], block.get("content"), shape)
     flush_thinking()
     flush_message()
     return output
+
+
+def _search_query(tool_input: Any) -> str:
+    query = tool_input.get("query") if isinstance(tool_input, dict) else None
+    return query if isinstance(query, str) else ""
 
 
 def _kept_thinking(block: dict[str, Any]) -> dict[str, Any]:

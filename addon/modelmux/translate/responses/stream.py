@@ -13,11 +13,14 @@ Output, as OpenAI streams it (`event: TYPE\\ndata: JSON\\n\\n`, `sequence_number
   delta between them, items in output order (see response.py for which Claude blocks make which item);
 - text: `output_text.delta` (`logprobs: []`) … `output_text.done`; web-search citations as
   `output_text.annotation.added` when their block ends; JSON-mode prose as `refusal.delta` / `.done`;
-- tool calls: `function_call_arguments.delta` … `.done` (with `name`), custom tools
+- web searches: Claude may begin several before their results come; each is paired with its result by tool id
+  and done in the order they began (one without a result: `failed`, when anything else begins);
+- tool calls: a call whose input is not a whole JSON object (cut off by max_tokens, a failed stream) is
+  `incomplete`; `function_call_arguments.delta` … `.done` (with `name`), custom tools
   `custom_tool_call_input.delta` … `.done` (the string input is decoded out of Claude's partial JSON as it
   streams); a `tool_search_call` has no delta events (the spec defines none): its arguments come whole on
   `output_item.done`;
-- thinking: a `reasoning` item, a summary part per thinking block (`reasoning_summary_part.added`,
+- thinking: a `reasoning` item, a summary part per thinking block with text (`reasoning_summary_part.added`,
   `reasoning_summary_text.delta` … `.done`, `reasoning_summary_part.done`) when `reasoning.summary` was asked;
   the sealed `encrypted_content` on its `output_item.done` when included;
 - exactly one of `response.completed` / `response.incomplete` / `response.failed`, with the full Response
@@ -25,7 +28,9 @@ Output, as OpenAI streams it (`event: TYPE\\ndata: JSON\\n\\n`, `sequence_number
 - An upstream `error` event, an unreadable event, or an upstream that ends before `message_stop` closes the
   open item (status incomplete), then sends `error` (the spec's top-level code/message/param, plus the nested
   `error` object OpenAI itself sends and openai-python raises on) and `response.failed` carrying the code
-  clients act on (response.response_error).
+  clients act on (response.response_error). Thinking cut off before its signature is not sealed nor kept.
+- A lone surrogate from upstream (a JSON "\\ud83c" escape) leaves as U+FFFD: the output is always UTF-8. After a
+  feed that raised, `fail()` still ends the stream (error + response.failed).
 
 `keepalive()` sends `response.in_progress` again (the initial snapshot, a fixed size). An SSE comment would be
 cheaper but does not count: Codex's idle timer (300 s) restarts only on a parsed event, and openai-python and
@@ -53,9 +58,10 @@ from ..response import json_answer, usage as chat_usage
 from ..sse import EventSplitter, event_data
 from ..stream import AnthropicStream, _extend
 from . import ids
-from .response import (ResponseShape, call_item, call_prefix, compaction_item, custom_input,
+from .response import (LONE_SURROGATE, ResponseShape, call_item, call_prefix, compaction_item, custom_input,
                        message_item, output_text, public_items, reasoning_item, response_error, response_object,
-                       responses_usage, stop_status, url_citations, web_search_item)
+                       responses_usage, scrub, signed, stop_status, url_citations, web_search_item,
+                       without_surrogates)
 
 _dumps = json.dumps
 _loads = json.loads
@@ -125,11 +131,13 @@ class _Call:
 
 
 class _Search:
-    __slots__ = ("index", "id", "tool_id", "fragments")
+    __slots__ = ("index", "id", "tool_id", "fragments", "answered", "result")
 
     def __init__(self, index: int, item_id: str, tool_id: str):
         self.index, self.id, self.tool_id = index, item_id, tool_id
         self.fragments: list[str] = []
+        self.answered = False  # its web_search_tool_result came
+        self.result: Any = None
 
 
 class ResponsesStreamTranslator(AnthropicStream):
@@ -144,7 +152,12 @@ class ResponsesStreamTranslator(AnthropicStream):
         self._stop_reason: str | None = None
         self._usage: dict[str, Any] = {}
         self._output: list[dict[str, Any]] = []  # finished items, stored form, in output order
-        self._open: _Message | _Reasoning | _Call | _Search | None = None  # the one item not yet done
+        self._open: _Message | _Reasoning | _Call | None = None  # the one item not yet done (but searches)
+        # web searches begun and not done, in output order: Claude may start several before their results come;
+        # each is done, in order, once its result (paired by tool id) came, or failed when anything else begins
+        self._searches: list[_Search] = []
+        self._broken = False  # the last feed raised: what it rendered never went out (see fail)
+        self._parts: list[str] = []  # what the feed running now has rendered
         self._blocks: dict[int, list[Any]] = {}  # upstream index → [kind, state, …]
         self._thinking: list[dict[str, Any]] = []  # kept for the tool loop (see kept_thinking)
         self._first_tool_id: str | None = None
@@ -204,22 +217,63 @@ class ResponsesStreamTranslator(AnthropicStream):
             parts.append(self._snapshot_event("response.in_progress"))
         return self._out(parts)
 
+    def feed(self, data: bytes) -> bytes:
+        try:
+            return super().feed(data)
+        except BaseException:
+            self._broken = True  # see fail()
+            raise
+
+    def finish(self) -> bytes:
+        try:
+            return super().finish()
+        except BaseException:
+            self._broken = True
+            raise
+
     def fail(self, err: OpenAIError) -> bytes:
-        """End the stream with `err`: the open item closed, then `error` and `response.failed`."""
+        """End the stream with `err`: the open item closed, then `error` and `response.failed`. After a feed that
+        raised (a bug), the events it rendered before it raised go out first, and then these — even if that feed
+        had ended the stream (its terminal event is replaced: the client never got it)."""
+        if self._broken:
+            return self._crashed(err)
         if self.done or self.failed:
             return b""
         parts: list[str] = []
         self._fail(err, parts)
         return self._out(parts)
 
+    def _crashed(self, err: OpenAIError) -> bytes:
+        parts, self._parts, self._broken = self._parts, [], False
+        if self.done:  # the terminal event is the last part _stop rendered (the last number too)
+            parts.pop()
+            self._seq -= 1
+            self.done = False
+        if self.failed is None:
+            try:
+                self._fail(err, parts)
+            except Exception:  # failing again: an end from what cannot fail, the items done so far, ASCII JSON
+                self._final = scrub(response_object(self.shape, "failed", self._output, responses_usage(self._usage),
+                                                    response_error(err)))
+                parts.append(self._event("response.failed", ',"response":' + _dumps(self.response)))
+                self.failed = err
+        return self._out(parts)
+
     # --- events ---------------------------------------------------------------------------------------------
 
     def _out(self, parts: list[str]) -> bytes:
         self.chunks_out += len(parts)
-        return "".join(parts).encode() if parts else b""
+        if not parts:
+            return b""
+        text = "".join(parts)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate from upstream (deltas are ASCII-escaped; items are not)
+            return without_surrogates(text).encode()
 
     def _render(self, events: list[bytes]) -> bytes:
         parts: list[str] = []
+        self._parts = parts
         held: dict[str, Any] | None = None  # coalescing: a delta that later ones of its block extend
         for raw in events:
             data = event_data(raw)
@@ -306,6 +360,9 @@ class ResponsesStreamTranslator(AnthropicStream):
         parts.append(self._event("response.output_item.done", f',"output_index":{index},"item":{_compact(public)}'))
 
     def _close_open(self, parts: list[str], status: str = "completed") -> None:
+        """Close the open item, and the searches still waiting for a result (failed): something else begins."""
+        if self._searches:
+            self._done_searches(parts, every=True)
         item = self._open
         if item is None:
             return
@@ -317,11 +374,32 @@ class ResponsesStreamTranslator(AnthropicStream):
         elif isinstance(item, _Message):
             self._close_part(item, parts)
             self._done(message_item(item.id, item.closed, status), parts)
-        elif isinstance(item, _Reasoning):
+        else:
             self._close_summary(item, parts)
             self._done(reasoning_item(item.id, item.blocks, self.shape, status), parts)
-        else:  # a web search whose result never came
-            self._done(web_search_item(item.id, _search_query(item.fragments), None, self.shape), parts)
+
+    def _done_searches(self, parts: list[str], every: bool = False) -> None:
+        """Finish the searches at the head of the line whose result came (`every`: all, failed without one)."""
+        while self._searches and (every or self._searches[0].answered):
+            search = self._searches.pop(0)
+            if search.answered:
+                parts.append(self._event("response.web_search_call.completed",
+                                         f',"output_index":{search.index},"item_id":"{search.id}"'))
+            self._done(web_search_item(search.id, _search_query(search.fragments), search.result, self.shape),
+                       parts)
+
+    def _search(self, tool_id: str, parts: list[str]) -> _Search:
+        """A web search begins: after the open item and the searches still waiting for their results."""
+        if self._open is not None:
+            self._close_open(parts)
+        search = _Search(len(self._output) + len(self._searches), ids.new_id(ids.WEB_SEARCH_CALL), tool_id)
+        self._searches.append(search)
+        self._added(search.index, {"id": search.id, "type": "web_search_call", "status": "in_progress",
+                                   "action": {"type": "search"}}, parts)
+        where = f',"output_index":{search.index},"item_id":"{search.id}"'
+        parts.append(self._event("response.web_search_call.in_progress", where))
+        parts.append(self._event("response.web_search_call.searching", where))
+        return search
 
     def _message(self, parts: list[str]) -> _Message:
         if isinstance(self._open, _Message):
@@ -389,6 +467,17 @@ class ResponsesStreamTranslator(AnthropicStream):
         parts.append(self._summary_event("response.reasoning_summary_part.done", item, index,
                                          ',"part":' + _compact({"type": "summary_text", "text": text})))
 
+    def _open_summary(self, block: list[Any], text: str, parts: list[str]) -> None:
+        item = block[1]
+        self._close_summary(item, parts)
+        block[3] = index = item.summaries
+        item.summaries += 1
+        item.open_summary = (index, block[2])
+        parts.append(self._summary_event("response.reasoning_summary_part.added", item, index,
+                                         ',"part":{"type":"summary_text","text":""}'))
+        parts.append(self._summary_event("response.reasoning_summary_text.delta", item, index,
+                                         ',"delta":' + _enc(text)))
+
     def _summary_event(self, kind: str, item: _Reasoning, index: int, body: str) -> str:
         return self._event(kind, f',"item_id":"{item.id}","output_index":{item.index},"summary_index":{index}{body}')
 
@@ -415,18 +504,12 @@ class ResponsesStreamTranslator(AnthropicStream):
             kept = {"type": "thinking", "thinking": cb.get("thinking") or "", "signature": cb.get("signature") or ""}
             item.blocks.append(kept)
             self._thinking.append(kept)
-            summary = None
             if shape.summary:
                 self._close_summary(item, parts)  # one summary part open at a time
-                summary = item.summaries
-                item.summaries += 1
-                item.open_summary = (summary, kept)
-                parts.append(self._summary_event("response.reasoning_summary_part.added", item, summary,
-                                                 ',"part":{"type":"summary_text","text":""}'))
-                if kept["thinking"]:
-                    parts.append(self._summary_event("response.reasoning_summary_text.delta", item, summary,
-                                                     ',"delta":' + _enc(kept["thinking"])))
-            self._blocks[index] = [_THINKING, item, kept, summary]
+            block = [_THINKING, item, kept, None]  # its summary part opens with its first text (as the final
+            self._blocks[index] = block            # summary has a part for each block with text, no empty one)
+            if shape.summary and kept["thinking"]:
+                self._open_summary(block, kept["thinking"], parts)
         elif btype == "redacted_thinking":
             kept = {"type": "redacted_thinking", "data": cb.get("data") or ""}
             self._reasoning(parts).blocks.append(kept)
@@ -439,7 +522,7 @@ class ResponsesStreamTranslator(AnthropicStream):
             if name == shape.json_tool:
                 msg = self._message(parts)
                 self._part(msg, "output_text", parts)
-                self._blocks[index] = [_JSON, msg, []]
+                self._blocks[index] = [_JSON, msg, [], False]  # …, fragments (wrapped), streamed any (unwrapped)
                 return
             self._close_open(parts)
             call = _Call(len(self._output), ids.new_id(call_prefix(name, shape)), cb.get("id") or "", name,
@@ -449,25 +532,17 @@ class ResponsesStreamTranslator(AnthropicStream):
             self._open = call
             self._blocks[index] = [_TOOL, call]
         elif btype == "server_tool_use" and cb.get("name") == "web_search":
-            self._close_open(parts)
-            search = _Search(len(self._output), ids.new_id(ids.WEB_SEARCH_CALL), cb.get("id") or "")
+            search = self._search(cb.get("id") or "", parts)
             if cb.get("input"):  # a whole block (streaming mode `never`) carries its input at once
                 search.fragments.append(_dumps(cb["input"]))
-            self._open = search
-            self._added(search.index, {"id": search.id, "type": "web_search_call", "status": "in_progress",
-                                       "action": {"type": "search"}}, parts)
-            where = f',"output_index":{search.index},"item_id":"{search.id}"'
-            parts.append(self._event("response.web_search_call.in_progress", where))
-            parts.append(self._event("response.web_search_call.searching", where))
             self._blocks[index] = [_SEARCH, search]
         elif btype == "web_search_tool_result":
-            search = self._open
-            if isinstance(search, _Search) and search.tool_id == cb.get("tool_use_id"):
-                self._open = None
-                parts.append(self._event("response.web_search_call.completed",
-                                         f',"output_index":{search.index},"item_id":"{search.id}"'))
-                self._done(web_search_item(search.id, _search_query(search.fragments), cb.get("content"),
-                                           shape), parts)
+            tool_id = cb.get("tool_use_id")
+            search = next((s for s in self._searches if s.tool_id == tool_id and not s.answered), None)
+            if search is None:  # a result without its search (as the non-streamed answer shows it)
+                search = self._search("", parts)
+            search.answered, search.result = True, cb.get("content")
+            self._done_searches(parts)
             self._blocks[index] = [_OTHER]
         else:  # a block type this version does not know: nothing the client can use
             self._blocks[index] = [_OTHER]
@@ -516,6 +591,7 @@ class ResponsesStreamTranslator(AnthropicStream):
                 if self.shape.json_wrapped:  # the wrapper is removed once the whole input is known
                     block[2].append(fragment)
                 else:
+                    block[3] = True
                     self._text(block[1], fragment, parts)
             elif kind == _SEARCH:
                 block[1].fragments.append(fragment)
@@ -523,9 +599,13 @@ class ResponsesStreamTranslator(AnthropicStream):
             text = delta.get("thinking") or ""
             block[2]["thinking"] += text
             item = block[1]
-            if text and item.open_summary is not None and item.open_summary[1] is block[2]:
+            if not text or not self.shape.summary:
+                return
+            if item.open_summary is not None and item.open_summary[1] is block[2]:
                 parts.append(self._summary_event("response.reasoning_summary_text.delta", item, block[3],
                                                  ',"delta":' + _enc(text)))
+            elif block[3] is None and self._open is item:
+                self._open_summary(block, text, parts)
         elif dtype == "signature_delta" and kind == _THINKING:
             block[2]["signature"] += delta.get("signature") or ""
         elif dtype == "citations_delta" and kind == _TEXT:
@@ -553,10 +633,22 @@ class ResponsesStreamTranslator(AnthropicStream):
             text = "".join(block[2])
             block[2] = []
             self._text(block[1], json_answer(_loads(text) if text.strip() else {}, True), parts)
+        elif kind == _JSON and not block[3]:  # no input streamed: the empty object, as the non-streamed answer
+            block[3] = True
+            self._text(block[1], "{}", parts)
 
     def _finish_call(self, call: _Call, parts: list[str], status: str) -> None:
+        """A call whose input is not a whole JSON object was cut off (max_tokens, a failed stream): incomplete,
+        whatever the stream's end says (a stored one is not replayed into a later prompt)."""
         where = f',"item_id":"{call.id}","output_index":{call.index}'
         raw = "".join(call.fragments)
+        if raw.strip():
+            try:
+                whole = isinstance(_loads(raw), dict)
+            except ValueError:
+                whole = False
+            if not whole:
+                status = "incomplete"
         if call.search:
             text = raw
         elif call.custom:
@@ -599,20 +691,30 @@ class ResponsesStreamTranslator(AnthropicStream):
         self._final = response_object(self.shape, status, self._output, responses_usage(self._usage), None,
                                       incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        parts.append(self._event(kind, ',"response":' + _compact(self.response)))
+        parts.append(self._event(kind, ',"response":' + self._final_body()))
         self.done = True
 
     def _fail(self, err: OpenAIError, parts: list[str]) -> None:
         self._start(parts)
         self._close_open(parts, "incomplete")
+        self._thinking = signed(self._thinking)  # a block cut off before its signature is nothing to send back
         error = response_error(err)
         code, message = _enc(error["code"]), _enc(error["message"])
         parts.append(self._event("error", f',"code":{code},"message":{message},"param":null,"error":'
                                           f'{{"type":{_enc(err.type)},"code":{code},"message":{message},'
                                           '"param":null}'))
         self._final = response_object(self.shape, "failed", self._output, responses_usage(self._usage), error)
-        parts.append(self._event("response.failed", ',"response":' + _compact(self.response)))
+        parts.append(self._event("response.failed", ',"response":' + self._final_body()))
         self.failed = err
+
+    def _final_body(self) -> str:
+        """The final Response as the client gets it. A lone surrogate in it (from an upstream JSON escape; the
+        sealed blobs the client may not see are ASCII) → U+FFFD in the stored copy too, so the store can keep it."""
+        body = _compact(self.response)
+        if LONE_SURROGATE.search(body):
+            self._final = scrub(self._final)
+            body = _compact(self.response)
+        return body
 
 
 def _search_query(fragments: list[str]) -> str:
