@@ -916,3 +916,14 @@ def test_sealed_thinking_without_a_signature_is_not_sent_back():
                         {"type": "reasoning", "summary": [], "encrypted_content": blob},
                         {"role": "assistant", "content": "A."}, {"role": "user", "content": "B"}]})
     assert c.body["messages"][1]["content"] == [REDACTED, {"type": "text", "text": "A."}]
+
+
+def test_a_history_of_tool_calls_without_tools_declares_them_and_calls_none():
+    """A continuation that sends no tools (previous_response_id after a tool loop, a summary): Anthropic refuses
+    tool blocks in a request without tools, OpenAI does not."""
+    c = call({"input": [{"role": "user", "content": "q"}, fc("call_1"), out("call_1"),
+                        {"role": "user", "content": "sum it up"}]})
+    assert c.body["tools"] == [{"name": "lookup", "description": "Called earlier in this conversation; not available now.",
+                                "input_schema": {"type": "object"}}]
+    assert c.body["tool_choice"] == {"type": "none"}
+    assert "tools" not in call({"input": "plain"}).body

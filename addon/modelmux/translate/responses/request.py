@@ -51,7 +51,7 @@ from ... import models
 from ..errors import OpenAIError, invalid_request
 from ..request import (JSON_TOOL, NO_RESULT_TEXT, FilePart, ThinkingLookup, add_sampling, cache_control,
                        claude_tool_id, claude_tool_name, file_block, hash_user, image_block, json_body,
-                       keep_latest_breakpoints, strict_json, thinking_budget)
+                       keep_latest_breakpoints, strict_json, thinking_budget, tools_of_history)
 from . import ids
 from .response import CUSTOM_INPUT, ResponseShape, unseal_summary, unseal_thinking
 from .sealing import Keys, SealError, is_ours
@@ -1204,6 +1204,9 @@ def to_vertex_body(req: ResponsesRequest, vertex_model: str, anthropic_version: 
             choice = {"type": "any", **{k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}}
     if conv.compaction and tools.claude:
         choice = {"type": "none"}  # tools stay (the cached prefix stays the same), none may be called
+    if not tools.claude and (declared := tools_of_history(conv.turns)):
+        tools.claude[:] = declared
+        choice = {"type": "none"}  # a history of tool calls, no tools now (Anthropic needs them declared)
     if tools.claude:
         body["tools"] = tools.claude
     if choice is not None:
