@@ -371,7 +371,12 @@ def _http_client_logs(verbosity: str) -> None:
 def _replayed_stream(ex: Exchange, message: dict[str, Any]) -> http.Response:
     """Streaming mode `never`: the whole answer as the SSE a stream would have carried, in one body."""
     translator = ex.call.translator(ex, coalesce=True)
-    out = translator.feed(message_as_events(message)) + translator.finish()
+    try:
+        out = translator.feed(message_as_events(message)) + translator.finish()
+    except Exception as err:  # as in a live stream: the error event ends the answer, the exchange is recorded
+        log.exception("modelmux: stream translation failed")
+        out = translator.fail(OpenAIError(500, f"modelmux failed to translate the stream: {type(err).__name__}",
+                                          "server_error", None, "translation_failed"))
     ex.first_chunk = time.time()
     if translator.failed:
         ex.stream_error = translator.failed.status
