@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from .. import request_body
 from ..apis import BY_PATH
 from ..apis.base import Client
 from ..apis.answers import SSE_HEADERS, error_response, sse_response
@@ -83,9 +84,9 @@ class Translate:
 
     async def _translate_request(self, flow: http.HTTPFlow, snap: Snapshot, api: Any) -> None:
         received = time.time()
-        raw = flow.request.get_content(strict=False) or b""
         client = Client(user_agent=flow.request.headers.get("user-agent", ""), key=flow.metadata.get(KEY_NAME))
         try:
+            raw = request_body.decoded(flow.request, snap.config.bounds.max_request_bytes)  # a bomb: 413
             prepared = await api.prepare(raw, snap, self.runtime, client)
         except OpenAIError as err:
             flow.response = error_response(err)
