@@ -2,7 +2,8 @@
 
 Guards, because the URL comes from the client and the fetch runs on the proxy's network:
 - only http/https; every address the host resolves to must be public (no loopback, private, link-local,
-  reserved or multicast ranges) unless `images.allow_private_networks` is set;
+  reserved or multicast ranges, nor an IPv6 form carrying such an IPv4 address: addresses.py) unless
+  `images.allow_private_networks` is set;
 - the connection goes to the address that was vetted, never to a second resolution (a DNS answer that changes
   between the check and the connect — rebinding — cannot reach a private address): the URL is rewritten to that
   address, with the original `Host` header and, for https, the original name for SNI and certificate checks;
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -33,6 +33,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from .addresses import non_global
 from .config import ImagesConfig
 from .decoding import Decoder, Undecodable, codings
 from .translate.errors import OpenAIError, invalid_request
@@ -60,13 +61,6 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
 class _Fetch:
     """One request's image fetches: its settings, its resolver, what its images may still add up to."""
 
@@ -92,7 +86,7 @@ class _Fetch:
             addresses = []
         if not addresses:
             raise self.error(url, "cannot be fetched: the host cannot be resolved.")
-        if not self.settings.allow_private_networks and not all(_is_public(a) for a in addresses):
+        if not self.settings.allow_private_networks and any(non_global(a) for a in addresses):
             raise self.error(url, "is not fetched: private, loopback and link-local addresses are not fetched.")
         return parsed, addresses[:MAX_ADDRESSES]
 
