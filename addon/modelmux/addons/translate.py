@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .. import request_body
@@ -134,6 +134,8 @@ class Translate:
         # Google token; the path stays Vertex's, so the flow reads as the call it stands for
         ex.plan_token = relay.register(plan)
         flow.request.url = f"http://127.0.0.1:{port}" + urlsplit(urls[region]).path
+        if flow.server_conn.via is not None:  # upstream mode: the relay directly, not through the upstream proxy
+            flow.server_conn = connection.Server(address=("127.0.0.1", port))  # (the shared one keeps its `via`)
         flow.request.headers.clear()
         flow.request.headers["host"] = f"127.0.0.1:{port}"
         flow.request.headers["content-type"] = "application/json"
