@@ -6,9 +6,9 @@ Cases:
   (exposure.py), `security.forward_private_networks` false (the default): a destination that is — or whose name
   resolves to any — loopback, link-local (169.254.0.0/16, the cloud metadata servers), private (RFC 1918,
   fc00::/7, 100.64.0.0/10), unspecified (0.0.0.0/8, ::) or otherwise non-global address, IPv6 forms that carry
-  such an IPv4 address included (mapped, NAT64, 6to4…: addresses.py), is refused: a CONNECT gets 403 (no tunnel), plain HTTP gets 403, any other connection (socks5, a
-  tunnel's server side) is not opened. The name is resolved once and
-  the connection goes to the address that was checked, never resolved again (no DNS-rebinding window);
+  such an IPv4 address included (mapped, NAT64, 6to4…: addresses.py), is refused: a CONNECT gets 403 (no
+  tunnel), plain HTTP gets 403, any other connection (socks5, a tunnel's server side) is not opened. The name is
+  resolved once and the connection goes to the address that was checked, never resolved again (no DNS-rebinding window);
   intercepted hosts are never connected to (their flows are answered by modelmux);
 - upstream mode: the upstream proxy itself may be anywhere (the operator named it); the destinations its clients
   name are checked by this process's resolution;
