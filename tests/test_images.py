@@ -3,13 +3,17 @@ proxy's network (the loopback server is reachable only because these tests allow
 the address vetted is the one connected to (issue 10, point 8: a resolver that answers differently the second
 time changes nothing; https keeps SNI and certificate checks for the URL's name), and per-request caps."""
 
+import asyncio
 import base64
 import contextlib
 import datetime
+import gzip
 import http.server
 import json
 import ssl
 import threading
+import tracemalloc
+import zlib
 
 import pytest
 from cryptography import x509
@@ -31,6 +35,23 @@ ROUTES = {
 }
 
 
+def _gzip_bomb(inflated: int) -> bytes:
+    """A PNG signature and `inflated` zero bytes, as gzip: about a thousandth of that on the wire."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    return b"".join([z.compress(PNG), *(z.compress(zeros) for _ in range(inflated >> 20)), z.flush()])
+
+
+# answered compressed whatever the request asked for (content-encoding, body)
+ENCODED_ROUTES = {
+    "/gzip.png": ("gzip", gzip.compress(PNG)),
+    "/bomb.png": ("gzip", _gzip_bomb(64 << 20)),
+    "/corrupt.png": ("gzip", gzip.compress(PNG)[:-8] + b"garbage!"),
+    "/compress.png": ("compress", PNG),
+}
+ACCEPT_ENCODINGS: list[str | None] = []  # the accept-encoding of each request the image server got
+
+
 @contextlib.contextmanager
 def image_server(tls: ssl.SSLContext | None = None):
     """A loopback image server; yields its base URL and the list of (Host header, path) it was asked for."""
@@ -39,6 +60,17 @@ def image_server(tls: ssl.SSLContext | None = None):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append((self.headers.get("host"), self.path))
+            ACCEPT_ENCODINGS.append(self.headers.get("accept-encoding"))
+            if self.path in ENCODED_ROUTES:
+                coding, data = ENCODED_ROUTES[self.path]
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.send_header("content-encoding", coding)
+                if self.path != "/bomb.png":  # the bomb's end is the connection's: no length to refuse it by
+                    self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             if self.path == "/redirect":
                 self.send_response(302)
                 self.send_header("location", "/cat.png")
@@ -247,3 +279,77 @@ def test_cap_defaults_keep_a_request_under_vertexs_limit():
     assert 4 * -(-images.max_total_bytes // 3) < VERTEX_MAX_REQUEST_BYTES - 2_000_000  # base64, room for the rest
     custom = parse_config({"vertex": {"project": "p"}, "images": {"max_per_request": 3, "max_total_bytes": 10}})
     assert (custom.images.max_per_request, custom.images.max_total_bytes) == (3, 10)
+
+
+# --- compressed answers, slow servers ---------------------------------------------------------------------------
+
+async def test_images_are_asked_for_uncompressed_and_a_compressed_one_is_decoded():
+    ACCEPT_ENCODINGS.clear()
+    with image_server() as (base, _):
+        got = await fetch_images([f"{base}/gzip.png"], LOCAL)
+    assert got[f"{base}/gzip.png"] == ("image/png", base64.b64encode(PNG).decode())
+    assert ACCEPT_ENCODINGS == ["identity"]
+
+
+async def test_a_gzip_bomb_stops_at_the_cap_without_being_inflated():
+    """64 KiB of gzip inflating to 64 MiB, against images.max_bytes of 1000: a 400, and what was held stays near
+    the cap plus one decoding step (httpx's own decoding inflated a whole 64 KiB read at once: 64 MiB)."""
+    with image_server() as (base, _):
+        tracemalloc.start()
+        try:
+            with pytest.raises(OpenAIError) as err:
+                await fetch_images([f"{base}/bomb.png"], LOCAL)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert err.value.status == 400 and err.value.code == "image_too_large"
+    assert peak < 4 << 20, f"{peak >> 20} MiB held"
+
+
+@pytest.mark.parametrize("path, fragment", [("/corrupt.png", "could not be decoded"),
+                                            ("/compress.png", "not supported")])
+async def test_an_undecodable_answer_is_a_400(path, fragment):
+    with image_server() as (base, _):
+        with pytest.raises(OpenAIError) as err:
+            await fetch_images([base + path], LOCAL)
+    assert err.value.status == 400 and fragment in err.value.message
+
+
+def test_a_server_that_drips_bytes_is_cut_at_the_total_deadline():
+    """A byte every 4 s never trips a per-read timeout of 5 s, but the whole fetch must be done within
+    images.timeout_seconds. On a virtual clock (looptime): exact, and no waiting."""
+    import looptime
+
+    async def drip(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 200\r\n\r\n" + PNG[:8])
+        for _ in range(192):
+            await writer.drain()
+            await asyncio.sleep(4)
+            writer.write(b"\0")
+        writer.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(drip, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/slow.png"
+
+        async def resolve(host, port):  # no resolver thread: the virtual clock must only wait on this loop
+            return ["127.0.0.1"]
+
+        async with server:
+            with pytest.raises(OpenAIError) as err:
+                await fetch_images([url], LOCAL, resolve=resolve)
+            elapsed = loop.time()
+            server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()  # the dripping handler
+        return err.value, elapsed
+
+    loop = looptime.new_event_loop(start=0)
+    try:
+        err, elapsed = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert err.status == 400 and "within 5 s (images.timeout_seconds)" in err.message
+    assert 5 <= elapsed < 6

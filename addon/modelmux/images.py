@@ -2,7 +2,8 @@
 
 Guards, because the URL comes from the client and the fetch runs on the proxy's network:
 - only http/https; every address the host resolves to must be public (no loopback, private, link-local,
-  reserved or multicast ranges) unless `images.allow_private_networks` is set;
+  reserved or multicast ranges, nor an IPv6 form carrying such an IPv4 address: addresses.py) unless
+  `images.allow_private_networks` is set;
 - the connection goes to the address that was vetted, never to a second resolution (a DNS answer that changes
   between the check and the connect — rebinding — cannot reach a private address): the URL is rewritten to that
   address, with the original `Host` header and, for https, the original name for SNI and certificate checks;
@@ -11,7 +12,12 @@ Guards, because the URL comes from the client and the fetch runs on the proxy's 
 - redirects are followed by hand (at most 3) and each target is resolved and vetted again;
 - at most `images.max_per_request` distinct URLs per request, each body at most `images.max_bytes`, all of them
   together at most `images.max_total_bytes` (so the request stays under Vertex's 30 MB once base64-encoded);
-  the bytes must be a PNG, JPEG, GIF or WebP image (checked on the bytes, not on the content-type claimed).
+  the bytes must be a PNG, JPEG, GIF or WebP image (checked on the bytes, not on the content-type claimed);
+- the body is asked for uncompressed (`accept-encoding: identity`); a server that compresses it anyway (gzip,
+  deflate, br, zstd) has it decoded a step at a time (decoding.py), the caps counted on the decoded bytes as
+  they come out — a few kB of gzip that would inflate to gigabytes stop at the cap;
+- each image's whole fetch (its redirects included) must be done within `images.timeout_seconds`, which also
+  bounds each connect and read: a server sending a byte every few seconds cannot hold the request longer.
 Any failure is an OpenAI 400 naming the URL and its parameter, before anything is sent to Vertex; the first
 failure cancels the other fetches of the request.
 """
@@ -20,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -28,7 +33,9 @@ from urllib.parse import urljoin
 
 import httpx
 
+from .addresses import non_global
 from .config import ImagesConfig
+from .decoding import Decoder, Undecodable, codings
 from .translate.errors import OpenAIError, invalid_request
 
 MAX_REDIRECTS = 3
@@ -52,13 +59,6 @@ def sniff_image(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return None
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 class _Fetch:
@@ -86,7 +86,7 @@ class _Fetch:
             addresses = []
         if not addresses:
             raise self.error(url, "cannot be fetched: the host cannot be resolved.")
-        if not self.settings.allow_private_networks and not all(_is_public(a) for a in addresses):
+        if not self.settings.allow_private_networks and any(non_global(a) for a in addresses):
             raise self.error(url, "is not fetched: private, loopback and link-local addresses are not fetched.")
         return parsed, addresses[:MAX_ADDRESSES]
 
@@ -132,14 +132,30 @@ class _Fetch:
         raise AssertionError("unreachable: vetted() returns at least one address")
 
     async def body(self, url: str, resp: httpx.Response) -> bytearray:
+        coded = codings(resp.headers.get("content-encoding", ""))
+        if len(coded) > 1:
+            raise self.error(url, f"answered with content-encoding {resp.headers['content-encoding'][:60]!r}, "
+                                  "which is not decoded.")
+        try:
+            decoder = Decoder(coded[0]) if coded else None
+        except Undecodable as err:
+            raise self.error(url, f"could not be decoded: {err}.") from None
         declared = resp.headers.get("content-length")
-        if declared and declared.isdigit():
+        if decoder is None and declared and declared.isdigit():
             self.check(url, int(declared), int(declared))
         data = bytearray()
-        async for piece in resp.aiter_bytes():
-            data += piece
-            self.check(url, len(data), len(piece))
-            self.bytes_left -= len(piece)  # shared by the request's fetches, which run on one event loop
+        try:
+            # raw: httpx's own decoding inflates a whole read at once, unbounded
+            async for piece in resp.aiter_raw():
+                if decoder is not None:  # stops a step past what either cap still allows
+                    piece = decoder.feed(piece, min(self.settings.max_bytes - len(data), self.bytes_left))
+                data += piece
+                self.check(url, len(data), len(piece))
+                self.bytes_left -= len(piece)  # shared by the request's fetches, which run on one event loop
+            if decoder is not None:
+                decoder.finish()
+        except Undecodable as err:
+            raise self.error(url, f"could not be decoded: {err}.") from None
         return data
 
     def check(self, url: str, size: int, more: int) -> None:
@@ -173,11 +189,22 @@ async def fetch_images(urls: list[str], settings: ImagesConfig, *, resolve: Reso
     # trust_env=False: the proxy's own HTTPS_PROXY may point at itself; no keep-alive: see the module docstring
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=settings.timeout_seconds,
                                  verify=ssl_context or True, limits=httpx.Limits(max_keepalive_connections=0),
-                                 headers={"user-agent": "modelmux-image-fetch"}) as client:
+                                 headers={"user-agent": "modelmux-image-fetch",
+                                          "accept-encoding": "identity"}) as client:
         fetch = _Fetch(client, settings, resolve)
+
+        async def within_deadline(url: str) -> tuple[str, str]:
+            # httpx's timeout is per connect / read: a byte every few seconds would never trip it
+            try:
+                async with asyncio.timeout(settings.timeout_seconds):
+                    return await fetch.one(url)
+            except TimeoutError:
+                raise fetch.error(url, f"could not be fetched within {settings.timeout_seconds:g} s "
+                                       "(images.timeout_seconds).") from None
+
         try:
             async with asyncio.TaskGroup() as group:  # the first failure cancels the others
-                tasks = [group.create_task(fetch.one(u)) for u in unique]
+                tasks = [group.create_task(within_deadline(u)) for u in unique]
         except ExceptionGroup as failed:
             if all(isinstance(e, OpenAIError) for e in failed.exceptions):
                 raise failed.exceptions[0] from None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from mitmproxy import connection, ctx, exceptions, http, tcp
 
 from .. import mitm_patches, workers
-from ..translate.errors import OpenAIError
+from ..request_body import too_large
 from ..apis.answers import error_response
 from .guard import fail_closed
 from .runtime import Runtime
@@ -333,6 +333,4 @@ class ConnectionLimits:
 
 
 def _too_large(limit: int) -> http.Response:
-    return error_response(OpenAIError(
-        413, f"Request too large: the body is over {limit} bytes (bounds.max_request_bytes; Vertex AI accepts "
-             "at most 30 MB per request).", "invalid_request_error", None, "request_too_large"))
+    return error_response(too_large(limit))

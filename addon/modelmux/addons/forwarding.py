@@ -5,10 +5,10 @@ Cases:
 - a forwarding listener (regular, upstream, socks5: the client names the destination) on a non-loopback address
   (exposure.py), `security.forward_private_networks` false (the default): a destination that is — or whose name
   resolves to any — loopback, link-local (169.254.0.0/16, the cloud metadata servers), private (RFC 1918,
-  fc00::/7, 100.64.0.0/10), unspecified (0.0.0.0/8, ::) or otherwise non-global address, IPv4-mapped IPv6 forms
-  included, is refused: a CONNECT gets 403 (no tunnel), plain HTTP gets 403, any other connection (socks5, a
-  tunnel's server side) is not opened. The name is resolved once and
-  the connection goes to the address that was checked, never resolved again (no DNS-rebinding window);
+  fc00::/7, 100.64.0.0/10), unspecified (0.0.0.0/8, ::) or otherwise non-global address, IPv6 forms that carry
+  such an IPv4 address included (mapped, NAT64, 6to4…: addresses.py), is refused: a CONNECT gets 403 (no
+  tunnel), plain HTTP gets 403, any other connection (socks5, a tunnel's server side) is not opened. The name is
+  resolved once and the connection goes to the address that was checked, never resolved again (no DNS-rebinding window);
   intercepted hosts are never connected to (their flows are answered by modelmux);
 - upstream mode: the upstream proxy itself may be anywhere (the operator named it); the destinations its clients
   name are checked by this process's resolution;
@@ -30,19 +30,12 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
+from ..addresses import non_global
 from ..config import SecurityConfig
 from .guard import fail_closed
 from .exposure import FORWARDING_MODES, exposed
 from .runtime import Runtime
 from .scope import is_ours
-
-
-def non_global(ip: str) -> bool:
-    """Not an address of the public internet: loopback, link-local, private, shared, reserved, multicast."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])  # a zone id (fe80::1%eth0) says nothing about the range
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return not addr.is_global or addr.is_multicast
 
 
 async def vet(host: str, port: int) -> tuple[str | None, str | None]:

@@ -2,11 +2,14 @@
 
 A flow is ours when the listener is in reverse mode (every request), when its target host is one of
 `intercept.hosts` (regular mode: CONNECT or absolute-form), or when it was sent straight to the listener
-(`http://127.0.0.1:PORT/v1/...`). The target comes from mitmproxy's parsed request (`flow.request.host`,
-the CONNECT authority), never from `pretty_host`, which is the client-controlled Host header.
+(`http://127.0.0.1:PORT/v1/...`; addresses compared as addresses, an IPv4-mapped one as its IPv4). The target
+comes from mitmproxy's parsed request (`flow.request.host`, the CONNECT authority), never from `pretty_host`,
+which is the client-controlled Host header.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -29,7 +32,23 @@ def sent_to_listener(flow: http.HTTPFlow) -> bool:
     sock = flow.client_conn.sockname
     if not sock or flow.client_conn.tls:
         return False
-    return flow.request.port == sock[1] and (host == str(sock[0]).lower() or host in _LOOPBACK_NAMES)
+    return flow.request.port == sock[1] and (host in _LOOPBACK_NAMES or _same_address(host, str(sock[0]).lower()))
+
+
+def _same_address(host: str, listener: str) -> bool:
+    """The target host is the listener's address: on a dual-stack listener (`::`) an IPv4 client's connection
+    reads as ::ffff:a.b.c.d, its target as a.b.c.d."""
+    return host == listener or _address(host) == _address(listener)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host  # a name: only the same name matches
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def route_path(flow: http.HTTPFlow) -> str:

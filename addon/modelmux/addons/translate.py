@@ -28,9 +28,10 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from .. import request_body
 from ..apis import BY_PATH
 from ..apis.base import Client
 from ..apis.answers import SSE_HEADERS, error_response, sse_response
@@ -85,9 +86,9 @@ class Translate:
 
     async def _translate_request(self, flow: http.HTTPFlow, snap: Snapshot, api: Any) -> None:
         received = time.time()
-        raw = flow.request.get_content(strict=False) or b""
         client = Client(user_agent=flow.request.headers.get("user-agent", ""), key=flow.metadata.get(KEY_NAME))
         try:
+            raw = request_body.decoded(flow.request, snap.config.bounds.max_request_bytes)  # a bomb: 413
             prepared = await api.prepare(raw, snap, self.runtime, client)
         except OpenAIError as err:
             flow.response = error_response(err)
@@ -135,6 +136,8 @@ class Translate:
         # Google token; the path stays Vertex's, so the flow reads as the call it stands for
         ex.plan_token = relay.register(plan)
         flow.request.url = f"http://127.0.0.1:{port}" + urlsplit(urls[region]).path
+        if flow.server_conn.via is not None:  # upstream mode: the relay directly, not through the upstream proxy
+            flow.server_conn = connection.Server(address=("127.0.0.1", port))  # (the shared one keeps its `via`)
         flow.request.headers.clear()
         flow.request.headers["host"] = f"127.0.0.1:{port}"
         flow.request.headers["content-type"] = "application/json"
