@@ -202,7 +202,7 @@ def internal_service() -> tuple[int, list[str]]:
 def exposed_proxy(ns: Netns, tmp_path: Path, security: str, env: dict[str, str] | None = None):
     config = tmp_path / "c.yaml"
     config.write_text(BASE + f"security: {security}\n")
-    port = procs.free_port()
+    port = ns.run(procs.free_port)  # free in the namespace, where the test's own services listen too
     proc = procs.Proc(ns.argv(modelmux_argv(config, tmp_path / "confdir", "--listen-host", "0.0.0.0",
                                             "--listen-port", str(port))), procs.PROXY_READY, env=env, cwd=procs.ROOT)
     try:
