@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -756,29 +756,39 @@ def _tool_choice(req: ChatRequest, names: dict[str, str], tools: list[dict[str, 
     return result
 
 
+def json_answer_tool(schema: dict[str, Any] | None, format_note: str,
+                     taken: Container[str]) -> tuple[dict[str, Any], bool]:
+    """The tool whose input is the answer, for a JSON output format (chat's response_format, Responses'
+    text.format): `schema` None is json_object. Its name is JSON_TOOL, made unique against `taken`. Returns
+    (tool, wrapped?): a schema that is not an object is wrapped in `{"value": …}` (Claude's tool input must be an
+    object)."""
+    name = JSON_TOOL
+    while name in taken:
+        name += "_"
+    if schema is None:
+        return {"name": name, "description": "Give your final answer by calling this tool; its input is the "
+                                             "answer, a JSON object.", "input_schema": {"type": "object"}}, False
+    wrapped = schema.get("type") != "object"
+    if wrapped:
+        schema = {"type": "object", "properties": {"value": schema}, "required": ["value"]}
+    return {"name": name, "description": "Give your final answer by calling this tool; its input is the answer. "
+                                         + format_note, "input_schema": schema}, wrapped
+
+
 def _json_output(req: ChatRequest, tools: list[dict[str, Any]], names: dict[str, str]) -> tuple[str | None, bool]:
     """response_format json → a tool whose input is the answer. Returns (tool name, wrapped?)."""
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None, False
-    name = JSON_TOOL
-    while name in names:
-        name += "_"
-    wrapped = False
     if fmt.type == "json_object":
-        schema: dict[str, Any] = {"type": "object"}
-        description = "Give your final answer by calling this tool; its input is the answer, a JSON object."
+        tool, wrapped = json_answer_tool(None, "", names)
     else:
         js = fmt.json_schema
         if js is None or js.schema_ is None:
             raise invalid_request("response_format json_schema needs a schema.", param="response_format.json_schema")
-        schema = js.schema_
-        if schema.get("type") != "object":  # Claude's tool input must be an object
-            schema, wrapped = {"type": "object", "properties": {"value": schema}, "required": ["value"]}, True
-        description = ("Give your final answer by calling this tool; its input is the answer. "
-                       + (js.description or f"Format: {js.name}."))
-    tools.append({"name": name, "description": description, "input_schema": schema})
-    return name, wrapped
+        tool, wrapped = json_answer_tool(js.schema_, js.description or f"Format: {js.name}.", names)
+    tools.append(tool)
+    return tool["name"], wrapped
 
 
 def _max_tokens(req: ChatRequest, vertex_model: str) -> tuple[int, bool]:

@@ -49,8 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ... import models
 from ..errors import OpenAIError, invalid_request
-from ..request import (JSON_TOOL, NO_RESULT_TEXT, FilePart, ThinkingLookup, add_sampling, cache_control,
-                       claude_tool_id, claude_tool_name, file_block, hash_user, image_block, json_body,
+from ..request import (NO_RESULT_TEXT, FilePart, ThinkingLookup, add_sampling, cache_control, claude_tool_id,
+                       claude_tool_name, file_block, hash_user, image_block, json_answer_tool, json_body,
                        keep_latest_breakpoints, strict_json, thinking_budget, tools_of_history)
 from . import ids
 from .response import CUSTOM_INPUT, ResponseShape, unseal_summary, unseal_thinking
@@ -1115,22 +1115,13 @@ def _json_output(fmt: TextFormat | None, tools: _Tools) -> tuple[str | None, boo
     """text.format json → a tool whose input is the answer (as chat's response_format). (name, wrapped?)"""
     if fmt is None or fmt.type == "text":
         return None, False
-    name = JSON_TOOL
-    while name in tools.names:
-        name += "_"
-    wrapped = False
     if fmt.type == "json_object":
-        schema: dict[str, Any] = {"type": "object"}
-        description = "Give your final answer by calling this tool; its input is the answer, a JSON object."
+        tool, wrapped = json_answer_tool(None, "", tools.names)
     else:
-        schema = fmt.schema_ or {}
-        if schema.get("type") != "object":  # Claude's tool input must be an object
-            schema, wrapped = {"type": "object", "properties": {"value": schema}, "required": ["value"]}, True
-        description = ("Give your final answer by calling this tool; its input is the answer. "
-                       + (fmt.description or f"Format: {fmt.name}."))
-    tools.claude.append({"name": name, "description": description, "input_schema": schema})
-    tools.names[name] = name
-    return name, wrapped
+        tool, wrapped = json_answer_tool(fmt.schema_ or {}, fmt.description or f"Format: {fmt.name}.", tools.names)
+    tools.claude.append(tool)
+    tools.names[tool["name"]] = tool["name"]
+    return tool["name"], wrapped
 
 
 # --- the translation ----------------------------------------------------------------------------------------
