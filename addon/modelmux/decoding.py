@@ -112,15 +112,21 @@ class Decoder:
         return _Zlib(15 if b0 & 0x0F == 8 and (b0 << 8 | b1) % 31 == 0 else -15)
 
     def feed(self, data: bytes, room: int) -> bytes:
+        out = bytearray()
+        self.feed_into(out, data, room)
+        return bytes(out)
+
+    def feed_into(self, out: bytearray, data: bytes, room: int) -> None:
+        """`feed`, appending to `out` (a body being gathered: no copy of each piece's output)."""
         if self._engine is None:
             if not data:
-                return b""
+                return
             if self.coding == "deflate" and len(self._head) + len(data) < 2:
                 self._head += data
-                return b""
+                return
             self._head, data = b"", self._head + data
             self._engine = self._new(data)
-        out = bytearray()
+        start = len(out)
         engine = self._engine
         try:
             while True:
@@ -135,13 +141,12 @@ class Decoder:
                 chunk = engine.step(data)
                 data = engine.unused if engine.eof else b""
                 out += chunk
-                if len(out) > room:
+                if len(out) - start > room:
                     break
                 if not (data or engine.pending or chunk):  # output may still be held inside: asked until none
                     break
         except _ERRORS as err:
             raise Undecodable(f"undecodable {self.coding} body ({type(err).__name__})") from None
-        return bytes(out)
 
     def finish(self) -> None:
         if self._head or self._engine is not None and not self._engine.eof:

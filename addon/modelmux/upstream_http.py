@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import zlib
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import certifi
 import h11
 
+from .decoding import Decoder, Undecodable
+
 _READ_SIZE = 65536
 _MAX_IDLE_PER_ORIGIN = 256
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # config bounds.max_upstream_bytes
-_INFLATE_STEP = 1 << 20  # bytes of inflated output per zlib call
-_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's container formats: 31 = gzip header, 15 = zlib header
+DECODED = frozenset({"gzip", "x-gzip", "deflate"})  # the codings an answer is decoded from (the relay asks for gzip)
 
 
 class UpstreamError(Exception):
@@ -132,33 +132,24 @@ class Response:
         if self._body is None:
             limit = self.max_body_bytes
             encoding = self.headers.get("content-encoding", "").strip().lower()
-            inflate = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
+            decoder = Decoder(encoding) if encoding in DECODED else None
             body = bytearray()
             try:
-                if inflate is None and _length(self.headers) > limit:
+                if decoder is None and _length(self.headers) > limit:
                     raise BodyTooLarge(limit)  # announced: not worth reading
-                fed = False
                 async for piece in self.aiter_raw():
-                    fed = fed or bool(piece)
-                    if inflate is None:
+                    # inflated a step at a time (decoding.py): never more than the cap plus one step held
+                    if decoder is None:
                         body += piece
-                    else:  # inflated a step at a time: never more than the cap plus one step held
-                        while piece and not inflate.eof:
-                            body += inflate.decompress(piece, _INFLATE_STEP)
-                            piece = inflate.unconsumed_tail
-                            if len(body) > limit:
-                                break
+                    else:
+                        decoder.feed_into(body, piece, limit - len(body))
                     if len(body) > limit:
                         raise BodyTooLarge(limit)
-                if inflate is not None and fed:  # an empty body stays empty, as gzip.decompress(b"") does
-                    body += inflate.flush()
-                    if not inflate.eof:
-                        raise UpstreamError(f"truncated {encoding} body")
-                    if len(body) > limit:
-                        raise BodyTooLarge(limit)
-            except zlib.error as err:
+                if decoder is not None:
+                    decoder.finish()  # an empty body stays empty, as gzip.decompress(b"") does
+            except Undecodable as err:
                 await self.aclose()
-                raise UpstreamError(f"undecodable {encoding} body: {err}") from err
+                raise UpstreamError(str(err)) from err
             except BodyTooLarge:
                 await self.aclose()  # the rest is never read: the connection cannot be reused
                 raise

@@ -8,9 +8,10 @@ OpenAI's for the same condition: a 429 stays a 429 (the seed turned it into a 50
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..decoding import Undecodable, decode
 
 MAX_ERROR_BODY = 1 << 20  # bytes an upstream error body is decoded to at most (gzip)
 MAX_RETRY_AFTER = 86400.0  # seconds: longer upstream retry-after values are passed on as a day
@@ -114,14 +115,13 @@ _ANTHROPIC_TYPES: dict[str, int] = {
 
 def decode_body(content: bytes, content_encoding: str | None = None) -> Any:
     """Parse an upstream error body: JSON, maybe gzip (real Vertex 429s sometimes are). None if unreadable."""
-    data = content
-    if (content_encoding and "gzip" in content_encoding.lower()) or data[:2] == b"\x1f\x8b":
+    data: bytes | None = content
+    if (content_encoding and "gzip" in content_encoding.lower()) or content[:2] == b"\x1f\x8b":
         try:  # bounded: an error body is small, a bomb is not decoded whole
-            inflate = zlib.decompressobj(wbits=31)
-            data = inflate.decompress(data, MAX_ERROR_BODY)
-            if inflate.unconsumed_tail:
-                return None
-        except (OSError, EOFError, zlib.error):
+            data = decode(content, "gzip", MAX_ERROR_BODY)
+        except Undecodable:
+            return None
+        if data is None:
             return None
     try:
         return json.loads(data)
