@@ -330,7 +330,6 @@ def assemble(plan: EmbeddingsPlan, answers: Sequence[Any]) -> dict[str, Any]:
     width = plan.dimensions
     data: list[dict[str, Any]] = []
     tokens = 0
-    enc = None
     for k, answer in enumerate(answers):
         start = plan.spans[k][0]
         for j, pred in enumerate(_predictions(plan, k, answer)):
@@ -342,13 +341,7 @@ def assemble(plan: EmbeddingsPlan, answers: Sequence[Any]) -> dict[str, Any]:
                 width = len(values)
             elif len(values) != width:
                 raise _bad_answer(plan, k, f"prediction {j} has {len(values)} values, not {width}")
-            stats = emb.get("statistics")
-            count = stats.get("token_count") if isinstance(stats, dict) else None
-            if type(count) in (int, float) and 0 <= count < 1e15:  # not NaN or infinite (json.loads lets them by)
-                tokens += int(count)
-            else:  # Vertex gave no count: ours
-                enc = enc or cl100k.encoding()
-                tokens += len(enc.encode_ordinary(plan.batches[k]["instances"][j]["content"]))
+            tokens += _prediction_tokens(emb, plan.batches[k]["instances"][j]["content"])
             if as_base64:
                 try:
                     vector: Any = _base64(values)
@@ -370,17 +363,20 @@ def batch_tokens(plan: EmbeddingsPlan, k: int, answer: bytes) -> int:
         return 0
     texts = plan.batches[k]["instances"]
     tokens = 0
-    enc = None
     for j, pred in enumerate(predictions if isinstance(predictions, list) else []):
         emb = pred.get("embeddings") if isinstance(pred, dict) else None
-        stats = emb.get("statistics") if isinstance(emb, dict) else None
-        count = stats.get("token_count") if isinstance(stats, dict) else None
-        if type(count) in (int, float) and 0 <= count < 1e15:
-            tokens += int(count)
-        elif j < len(texts):
-            enc = enc or cl100k.encoding()
-            tokens += len(enc.encode_ordinary(texts[j]["content"]))
+        tokens += _prediction_tokens(emb, texts[j]["content"] if j < len(texts) else "")
     return tokens
+
+
+def _prediction_tokens(emb: Any, text: str) -> int:
+    """One prediction's tokens: Vertex's `statistics.token_count`, or cl100k_base's count of its text where Vertex
+    gave none (or no number: json.loads lets NaN and infinity by)."""
+    stats = emb.get("statistics") if isinstance(emb, dict) else None
+    count = stats.get("token_count") if isinstance(stats, dict) else None
+    if type(count) in (int, float) and 0 <= count < 1e15:
+        return int(count)
+    return len(cl100k.encoding().encode_ordinary(text)) if text else 0
 
 
 def batch_error(plan: EmbeddingsPlan, k: int, status: int, content: bytes, headers: dict[str, str] | None = None,
@@ -427,7 +423,6 @@ def _float_body(plan: EmbeddingsPlan, answers: Sequence[Any]) -> bytes | None:
     parts: list[bytes] = [b'{"object":"list","data":[']
     tokens = 0
     width = plan.dimensions
-    enc = None
     for k, raw in enumerate(answers):
         if not isinstance(raw, (bytes, bytearray)):
             return None
@@ -449,13 +444,7 @@ def _float_body(plan: EmbeddingsPlan, answers: Sequence[Any]) -> bytes | None:
                 width = n
             elif n != width:
                 return None
-            stats = emb.get("statistics")
-            count = stats.get("token_count") if isinstance(stats, dict) else None
-            if type(count) in (int, float) and 0 <= count < 1e15:
-                tokens += int(count)
-            else:
-                enc = enc or cl100k.encoding()
-                tokens += len(enc.encode_ordinary(plan.batches[k]["instances"][j]["content"]))
+            tokens += _prediction_tokens(emb, plan.batches[k]["instances"][j]["content"])
             parts.append(b'%s{"object":"embedding","index":%d,"embedding":' % (b"," if a + j else b"", a + j))
             parts.append(arrays[j])
             parts.append(b"}")
