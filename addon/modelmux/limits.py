@@ -265,6 +265,13 @@ class _PendingRow:
     requests: int
     at: float
 
+    def absorb(self, tokens: TokenCounts, usd: float, requests: int) -> None:
+        t = self.tokens
+        self.tokens = TokenCounts(t.input + tokens.input, t.output + tokens.output,
+                                  t.cache_write + tokens.cache_write, t.cache_read + tokens.cache_read)
+        self.usd += usd
+        self.requests += requests
+
 
 class PendingSpend:
     """Spend of this process not written yet, summed per (key, model, day); its total per key counts against the
@@ -279,12 +286,8 @@ class PendingSpend:
         row = self._rows.get(slot)
         if row is None:
             self._rows[slot] = _PendingRow(tokens, usd, 1, now)
-            return
-        t = row.tokens
-        row.tokens = TokenCounts(t.input + tokens.input, t.output + tokens.output, t.cache_write + tokens.cache_write,
-                                 t.cache_read + tokens.cache_read)
-        row.usd += usd
-        row.requests += 1
+        else:
+            row.absorb(tokens, usd, 1)
 
     def usd(self, key: str) -> float:
         """This process's spend for `key` that a budget check cannot read from the store yet (being written too)."""
@@ -295,23 +298,17 @@ class PendingSpend:
         self._writing.append(rows)
         return rows
 
-    def put_back(self, *parts: dict[tuple[str, str, str], _PendingRow]) -> None:
-        """The end of a flush: the taken rows that were not written are pending again (the rest are done)."""
-        for taken in self._writing:
-            if taken is parts[0]:
-                self._writing.remove(taken)
-                break
-        for rows in parts:
+    def put_back(self, taken: dict[tuple[str, str, str], _PendingRow],
+                 kept: dict[tuple[str, str, str], _PendingRow]) -> None:
+        """The end of a flush of `taken`: what is left of it, and the rows it `kept`, are pending again."""
+        self._writing = [rows for rows in self._writing if rows is not taken]
+        for rows in (taken, kept):
             for slot, row in rows.items():
                 mine = self._rows.get(slot)
                 if mine is None:
                     self._rows[slot] = row
-                    continue
-                t, m = row.tokens, mine.tokens
-                mine.tokens = TokenCounts(t.input + m.input, t.output + m.output, t.cache_write + m.cache_write,
-                                          t.cache_read + m.cache_read)
-                mine.usd += row.usd
-                mine.requests += row.requests
+                else:
+                    mine.absorb(row.tokens, row.usd, row.requests)
 
     def __len__(self) -> int:
         return len(self._rows)
