@@ -53,12 +53,17 @@ def make_flow(path="/v1/chat/completions", method="POST", body=CHAT, host="api.o
     return f
 
 
-async def run_request(addons, flow):
+async def run_hook(addons, hook, flow):
+    """Every addon's `hook`, in chain order, as mitmproxy calls them."""
     for a in addons:
-        if hasattr(a, "request"):
-            result = a.request(flow)
+        if hasattr(a, hook):
+            result = getattr(a, hook)(flow)
             if inspect.isawaitable(result):  # mitmproxy awaits async hooks too
                 await result
+
+
+async def run_request(addons, flow):
+    await run_hook(addons, "request", flow)
 
 
 async def test_streamed_request_is_rewritten_for_the_relay(chain):
@@ -273,14 +278,6 @@ async def test_a_request_hook_that_fails_answers_500_and_nothing_goes_on():
     assert f.response.status_code == 500
 
 
-async def run_response(addons, flow):
-    for a in addons:
-        if hasattr(a, "response"):
-            result = a.response(flow)
-            if inspect.isawaitable(result):
-                await result
-
-
 async def test_requests_answered_locally_leave_no_rate_limit_entry(tmp_path):
     """A limited request refused by its API (a 400) never becomes an exchange: nothing of it stays behind."""
     from modelmux.addons import RateLimits
@@ -294,7 +291,7 @@ async def test_requests_answered_locally_leave_no_rate_limit_entry(tmp_path):
         for _ in range(5):
             f = make_flow(body={"model": 5, "messages": []})
             await run_request(addons, f)
-            await run_response(addons, f)
+            await run_hook(addons, "response", f)
             assert f.response.status_code == 400 and f.response.headers["x-ratelimit-limit-requests"] == "100"
         assert limits._clients == {}
         await runtime.close()

@@ -2,13 +2,14 @@
 with mitmproxy's taddons / tflow. The real-process proof (flows saved by `modelmux run`, read back) is in
 test_dump.py."""
 
-import inspect
 import json
 
 import pytest
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
+
+from test_addon_hooks import run_hook
 
 from modelmux.addons import Runtime, make_addons
 from modelmux.addons.redact import REDACTED, RedactCredentials
@@ -43,11 +44,7 @@ def make_flow(path="/v1/models", method="GET", host="api.openai.com", headers=CR
 
 
 async def run_request(addons, flow):
-    for a in addons:
-        if hasattr(a, "request"):
-            result = a.request(flow)
-            if inspect.isawaitable(result):  # mitmproxy awaits async hooks too
-                await result
+    await run_hook(addons, "request", flow)
 
 
 def test_redaction_is_the_last_request_hook():
@@ -94,9 +91,7 @@ async def test_an_inactive_modelmux_touches_nothing():
 async def test_a_flow_that_ends_before_its_request_phase_keeps_no_credential(chain):
     """The client left mid-body (or timed out): mitmproxy's `save` writes the flow from `error`."""
     f = make_flow(path="/v1/chat/completions", method="POST")
-    for a in chain:
-        if hasattr(a, "error"):
-            a.error(f)
+    await run_hook(chain, "error", f)
     assert all(f.request.headers[name.decode()] == REDACTED for name, _ in CREDENTIALS)
 
 
@@ -105,9 +100,5 @@ async def test_the_proxy_password_mitmproxy_notes_on_a_flow_is_not_kept(chain):
     for hook in ("http_connect", "request"):
         f = make_flow(host="example.com")  # any flow, ours or not
         f.metadata["proxyauth"] = ("alice", "pw-proxy-secret-3")
-        for a in chain:
-            if hasattr(a, hook):
-                result = getattr(a, hook)(f)
-                if inspect.isawaitable(result):
-                    await result
+        await run_hook(chain, hook, f)
         assert f.metadata["proxyauth"] == ("alice", REDACTED), hook
